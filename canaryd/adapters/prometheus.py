@@ -1,0 +1,302 @@
+"""Read one analysis's numbers from Prometheus (prometheus-api-client), turning every failure into *no data*.
+
+Thin on purpose: queries come from `canaryd.analysis.queries`, judging is `canaryd.analysis.judge`.
+What this adapter owns is the failure semantics (DESIGN §6): an HTTP error, a timeout, a refused
+connection, an empty result where a value is needed, NaN or Inf all become `value=None` with an
+`error` that says why, never an exception out of `read` and never a pass. After the first transport or
+auth failure the remaining queries of the same read are skipped, so a dead or hanging Prometheus costs
+one timeout, not one per query.
+
+Credentials are read from files on every request (mounted Secrets rotate) and are redacted from every
+error text this module produces.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import logging
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import urllib3.exceptions
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
+from canaryd.analysis import queries
+from canaryd.analysis.queries import Profile, RenderContext
+from canaryd.analysis.samples import AnalysisSamples, MetricReading, RevisionReading
+from canaryd.policy import Metric
+
+log = logging.getLogger(__name__)
+
+_STATUS = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.S)
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
+_MAX_ERROR_CHARS = 300
+
+
+class _FileAuth(requests.auth.AuthBase):
+    """Bearer token or basic auth whose secret is re-read from its file on every request."""
+
+    def __init__(self, bearer_token_file: Path | None, basic_auth: tuple[str, Path] | None) -> None:
+        self._token_file = bearer_token_file
+        self._basic = basic_auth
+        # the latest few values (a rotated token may still be in flight), bounded however often it rotates
+        self.secrets: deque[str] = deque(maxlen=8)
+
+    def _read(self, path: Path, what: str) -> str:
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise _CredentialsError(f"cannot read {what} file {path}: {exc.strerror or type(exc).__name__}") from None
+        if not value:
+            raise _CredentialsError(f"{what} file {path} is empty")
+        return value
+
+    def _remember(self, secret: str) -> None:
+        if secret not in self.secrets:
+            self.secrets.append(secret)
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        if self._token_file is not None:
+            token = self._read(self._token_file, "bearer token")
+            self._remember(token)
+            r.headers["Authorization"] = f"Bearer {token}"
+        if self._basic is not None:
+            user, password_file = self._basic
+            password = self._read(password_file, "basic auth password")
+            self._remember(password)
+            self._remember(base64.b64encode(f"{user}:{password}".encode()).decode())
+            r = requests.auth.HTTPBasicAuth(user, password)(r)
+        return r
+
+
+class _CredentialsError(requests.RequestException):
+    """A credentials file could not be read (raised inside requests, so it surfaces as a RequestException)."""
+
+
+@dataclass
+class _Read:
+    """State of one `read()`: its evaluation instant and the failure that makes further queries pointless."""
+
+    at: float
+    broken: str | None = None
+
+
+def _safe_url(url: str) -> str:
+    """`url` without user:password@ (a URL may carry credentials)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class PrometheusSource:
+    """Prometheus as the source of canary analysis samples (Flagger's provider: RunQuery + IsOnline)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 5.0,
+        bearer_token_file: str | Path | None = None,
+        basic_auth: tuple[str, str | Path] | None = None,
+        ca_file: str | Path | None = None,
+        insecure: bool = False,
+        profile: str | Profile = queries.DEFAULT_PROFILE,
+        scrape_interval_s: float = 1.0,
+    ) -> None:
+        if ca_file is not None and insecure:
+            raise ValueError("ca_file and insecure contradict each other: choose one")
+        if bearer_token_file is not None and basic_auth is not None:
+            raise ValueError("use either a bearer token or basic auth, not both")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.url = url.rstrip("/")
+        self.safe_url = _safe_url(self.url)
+        self.timeout_s = timeout_s
+        self.scrape_interval_s = scrape_interval_s
+        self.profile = profile if isinstance(profile, Profile) else queries.get_profile(profile)
+        self._auth = _FileAuth(
+            Path(bearer_token_file) if bearer_token_file is not None else None,
+            (basic_auth[0], Path(basic_auth[1])) if basic_auth is not None else None,
+        )
+        session = requests.Session()
+        session.verify = str(ca_file) if ca_file is not None else not insecure
+        session.auth = self._auth
+        # No retries: the next analysis is the retry, and a retry with backoff would blow the timeout.
+        # The library annotates timeout as int, but hands it to requests, which takes float seconds.
+        self._client = PrometheusConnect(
+            url=self.url,
+            session=session,
+            retry=Retry(total=0, raise_on_status=False),
+            timeout=timeout_s,  # type: ignore[arg-type]
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- the two provider calls ---
+
+    def is_online(self) -> bool:
+        """True if Prometheus answers `vector(1)` with 1 (Flagger's IsOnline), with our credentials."""
+        value, error = self.query("vector(1)")
+        if error is not None:
+            log.debug("Prometheus at %s is not online: %s", self.safe_url, error)
+        return value == 1.0
+
+    def query(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
+        """The single value of `promql`, or (None, why there is none)."""
+        return self._query(_Read(at=time.time() if at is None else at), promql)
+
+    def read(
+        self,
+        namespace: str,
+        service: str,
+        canary_revision: str,
+        stable_revision: str | None,
+        metrics: Sequence[Metric],
+        window_s: float,
+        *,
+        at: float | None = None,
+    ) -> AnalysisSamples:
+        """Requests and each metric of the canary (and the built-in metrics of the stable revision, which
+        the comparisons need) over the same window, every query evaluated at the same instant `at`."""
+        window = queries.render_window(window_s, self.scrape_interval_s)
+        run = _Read(at=time.time() if at is None else at)
+        canary = self._read_revision(run, namespace, service, canary_revision, metrics, window)
+        stable = None
+        if stable_revision is not None:
+            builtin = [m for m in metrics if m.name in queries.BUILTIN_RENDERERS]
+            stable = self._read_revision(run, namespace, service, stable_revision, builtin, window)
+        return AnalysisSamples(
+            window_s=float(queries.window_seconds(window_s, self.scrape_interval_s)),
+            canary=canary,
+            stable=stable,
+        )
+
+    # --- internals ---
+
+    def _read_revision(
+        self, run: _Read, namespace: str, service: str, revision: str, metrics: Sequence[Metric], window: str
+    ) -> RevisionReading:
+        ctx = RenderContext(
+            profile=self.profile, namespace=namespace, service=service, revision=revision, window=window
+        )
+        requests_q = queries.requests_in_window(self.profile, namespace, revision, window)
+        count, _ = self._query(run, requests_q)
+        readings: dict[str, MetricReading] = {}
+        for metric in metrics:
+            try:
+                promql = queries.render_metric(metric, ctx)
+            except ValueError as exc:
+                readings[metric.name] = MetricReading(
+                    name=metric.name, value=None, error=f"invalid query for {metric.name!r}: {exc}"
+                )
+                continue
+            value, error = self._query(run, promql)
+            readings[metric.name] = MetricReading(name=metric.name, value=value, query=promql, error=error)
+        return RevisionReading(revision=revision, requests=count, metrics=readings)
+
+    def _query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
+        value, error = self._run_query(run, promql)
+        if error is not None:  # the one exit of every error text: redact here, nowhere else
+            error = self._redact(error)[:_MAX_ERROR_CHARS]
+        log.debug("query %s at %.3f -> %s %s", promql, run.at, value, error or "")
+        return value, error
+
+    def _run_query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
+        if run.broken is not None:
+            return None, f"not queried: {run.broken}"
+        try:
+            result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
+        except requests.RequestException as exc:
+            run.broken = self._describe_transport(exc)
+            return None, run.broken
+        except PrometheusApiClientException as exc:
+            status, text = self._describe_status(exc)
+            if status in (401, 403):
+                run.broken = text
+            return None, text
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, f"unexpected answer from Prometheus at {self.safe_url}: {exc}"
+        return _single_value(result)
+
+    def _describe_transport(self, exc: requests.RequestException) -> str:
+        if isinstance(exc, _CredentialsError):
+            return str(exc)
+        reason: object = exc
+        if exc.args and isinstance(exc.args[0], urllib3.exceptions.MaxRetryError):
+            reason = exc.args[0].reason or exc.args[0]
+        # NewConnectionError subclasses ConnectTimeoutError in urllib3: test it before timeouts.
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            errno = _ERRNO.search(str(reason))
+            why = errno.group(0).strip() if errno else str(reason)
+            return f"cannot reach Prometheus at {self.safe_url}: {why}"
+        if isinstance(exc, requests.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError):
+            return f"Prometheus at {self.safe_url} timed out after {self.timeout_s:g}s"
+        if isinstance(exc, requests.exceptions.SSLError) or isinstance(reason, urllib3.exceptions.SSLError):
+            return f"TLS error talking to Prometheus at {self.safe_url}: {reason}"
+        return f"cannot reach Prometheus at {self.safe_url}: {type(reason).__name__}: {reason}"
+
+    def _describe_status(self, exc: PrometheusApiClientException) -> tuple[int | None, str]:
+        text = str(exc)
+        m = _STATUS.match(text)
+        if not m:
+            return None, f"Prometheus at {self.safe_url} failed: {text}"
+        status = int(m.group(1))
+        body = m.group(2)
+        try:
+            raw = ast.literal_eval(body)
+            body = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            data: Any = json.loads(body)
+            if isinstance(data, dict) and "error" in data:
+                body = f"{data.get('errorType', 'error')}: {data['error']}"
+        except (ValueError, SyntaxError):
+            pass
+        return status, f"Prometheus at {self.safe_url} answered HTTP {status}: {body.strip()}"
+
+    def _redact(self, text: str) -> str:
+        for secret in sorted(self._auth.secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+
+def _single_value(result: Any) -> tuple[float | None, str | None]:
+    """One number from an instant query's `data.result` (a scalar, or a vector of exactly one series)."""
+    if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+        raw = result[1]  # resultType scalar: [time, "value"]
+    elif isinstance(result, list):
+        if not result:
+            return None, "empty result: no matching series in the window"
+        if len(result) > 1:
+            return None, (
+                f"{len(result)} series returned, one expected: aggregate the query (e.g. sum(...)) "
+                "so it yields a single value"
+            )
+        item = result[0]
+        if not isinstance(item, dict) or "value" not in item:
+            return None, "not an instant value (a range vector?): the query must yield one number"
+        raw = item["value"][1]
+    else:
+        return None, f"unexpected result {str(result)[:80]!r}"
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None, f"not a number: {str(raw)[:80]!r}"
+    if math.isnan(value):
+        return None, "NaN (for a ratio or quantile: no requests in the window)"
+    if math.isinf(value):
+        return None, f"infinite value ({raw}): beyond the highest histogram bucket, or a division by zero"
+    return value, None

@@ -1,0 +1,111 @@
+"""Persist RolloutState as ModelRollout custom resources (DESIGN §8), with optimistic concurrency.
+
+The CRD has a status subresource, so the API server ignores `status` in writes to the main resource and
+`spec` in writes to `/status`: a save is two writes, each carrying the resourceVersion the previous one
+returned. Any 409 (another writer got there first, or the object already exists) surfaces as `Conflict`;
+the controller then re-reads and decides again instead of overwriting what it has not seen.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from kubernetes import client
+
+from canaryd.adapters.kube import REQUEST_TIMEOUT, Conflict, KubeError, NotFound, api_call
+from canaryd.rollout.state import GROUP, PLURAL, VERSION, RolloutState
+
+__all__ = ["Conflict", "StateStore"]
+
+_PAGE = 250
+
+
+class StateStore:
+    def __init__(self, api_client: client.ApiClient,
+                 timeout: tuple[float, float] | float = REQUEST_TIMEOUT) -> None:
+        self._api = client.CustomObjectsApi(api_client)
+        self._timeout = timeout
+
+    def load(self, namespace: str, name: str) -> RolloutState | None:
+        try:
+            with api_call(f"read ModelRollout {namespace}/{name}"):
+                obj = self._api.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
+                )
+        except NotFound:
+            return None
+        return RolloutState.from_storage(_as_object(obj))
+
+    def save(self, state: RolloutState) -> RolloutState:
+        """Create or replace the ModelRollout; the state with the resourceVersion the server gave it.
+
+        A Conflict on the status write leaves the spec write in place; that is fine, since the caller
+        re-reads and decides again from whatever is stored.
+        """
+        target = state.spec.target
+        namespace, name = target.namespace, target.name
+        body = state.for_storage()
+        status = body.pop("status")
+        if state.resource_version is None:
+            with api_call(f"create ModelRollout {namespace}/{name}"):
+                written = self._api.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self._timeout
+                )
+        else:
+            with api_call(f"replace ModelRollout {namespace}/{name}"):
+                written = self._api.replace_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self._timeout
+                )
+        body["metadata"]["resourceVersion"] = _resource_version(_as_object(written))
+        body["status"] = status
+        with api_call(f"write status of ModelRollout {namespace}/{name}"):
+            final = self._api.replace_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self._timeout
+            )
+        return state.model_copy(update={"resource_version": _resource_version(_as_object(final))})
+
+    def list(self, namespace: str | None = None) -> builtins.list[RolloutState]:
+        """Every ModelRollout in `namespace`, or in all namespaces when None (paged)."""
+        states: builtins.list[RolloutState] = []
+        token: str | None = None
+        where = f"in {namespace}" if namespace else "in all namespaces"
+        while True:
+            kwargs: dict[str, Any] = {"limit": _PAGE, "_request_timeout": self._timeout}
+            if token:
+                kwargs["_continue"] = token
+            with api_call(f"list ModelRollouts {where}"):
+                page = (
+                    self._api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
+                    if namespace
+                    else self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kwargs)
+                )
+            obj = _as_object(page)
+            states.extend(RolloutState.from_storage(item) for item in obj.get("items") or [])
+            token = (obj.get("metadata") or {}).get("continue") or None
+            if not token:
+                return states
+
+    def delete(self, namespace: str, name: str) -> bool:
+        """Delete the ModelRollout; False if it was already gone."""
+        try:
+            with api_call(f"delete ModelRollout {namespace}/{name}"):
+                self._api.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self._timeout
+                )
+        except NotFound:
+            return False
+        return True
+
+
+def _as_object(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise KubeError(f"the API server answered with {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _resource_version(obj: dict[str, Any]) -> str:
+    rv = (obj.get("metadata") or {}).get("resourceVersion")
+    if not rv:
+        raise KubeError("the API server answered without metadata.resourceVersion")
+    return str(rv)

@@ -1,0 +1,116 @@
+"""Daemon settings: a YAML file, overridden by environment variables (`CANARYD_<SECTION>__<FIELD>`).
+
+pydantic-settings does the env layering, so Helm can set anything through the file (a ConfigMap) and a
+single value through `env:`. Secrets are never values here, only paths to files (mounted Secrets), so a
+dump of the settings can be logged safely.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from canaryd.desired import load_policy_file
+from canaryd.durations import parse_duration
+from canaryd.policy import PolicySpec
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RepoSettings(_Section):
+    url: str = Field(description="config repo URL (anything git accepts)")
+    branch: str = "main"
+    paths: list[str] = Field(default_factory=lambda: ["."])
+    poll_interval: str = Field(default="30s", alias="pollInterval")
+    workdir: Path = Field(default=Path("/tmp/canaryd/repo"))
+    depth: int | None = Field(default=1, ge=1, description="shallow fetch depth; null = full history")
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _d(cls, v: str) -> str:
+        parse_duration(v)
+        return v
+
+    @property
+    def poll_interval_s(self) -> float:
+        return parse_duration(self.poll_interval)
+
+
+class KubernetesSettings(_Section):
+    kubeconfig: str | None = Field(default=None, description="path; unset = in-cluster config")
+    context: str | None = None
+    namespaces: list[str] = Field(default_factory=list, description="namespaces canaryd may act on; [] = all")
+    default_namespace: str = Field(default="default", alias="defaultNamespace")
+    state_namespace: str | None = Field(default=None, alias="stateNamespace")
+
+
+class PrometheusSettings(_Section):
+    url: str = "http://prometheus-operated.monitoring:9090"
+    timeout: str = "5s"
+    profile: str = "knative-opencensus"
+    scrape_interval: str = Field(default="15s", alias="scrapeInterval")
+    bearer_token_file: Path | None = Field(default=None, alias="bearerTokenFile")
+    basic_auth_user: str | None = Field(default=None, alias="basicAuthUser")
+    basic_auth_password_file: Path | None = Field(default=None, alias="basicAuthPasswordFile")
+    ca_file: Path | None = Field(default=None, alias="caFile")
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def scrape_interval_s(self) -> float:
+        return parse_duration(self.scrape_interval)
+
+
+class ServerSettings(_Section):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    port_file: Path | None = Field(default=None, alias="portFile",
+                                   description="write the bound port here (useful with port 0)")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CANARYD_", env_nested_delimiter="__", extra="forbid", populate_by_name=True,
+    )
+
+    repo: RepoSettings
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    default_policy: Path | None = Field(default=None, alias="defaultPolicy",
+                                        description="RolloutPolicy file without target; unset = built-in")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="logLevel")
+    workers: int = Field(default=4, ge=1, le=64)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file, which is passed as init kwargs.
+        return env_settings, init_settings
+
+    def load_default_policy(self) -> PolicySpec:
+        return load_policy_file(self.default_policy) if self.default_policy else PolicySpec()
+
+
+def load_settings(path: Path | None) -> Settings:
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: settings must be a mapping")
+        data = loaded or {}
+    return Settings(**data)

@@ -1,0 +1,168 @@
+"""One reconcile tick per service: observe -> decide -> persist -> act.
+
+The order matters for crash safety. The new state (the intent: which spec, step and weight) is saved
+*before* any action runs, with the resourceVersion it was read at; a conflict means another writer got
+there first, so nothing is executed and the tick re-reads and decides again. A crash after the save and
+before the actions is repaired by the next tick, because the engine re-asserts the persisted intent with
+absolute actions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from canaryd.adapters.events import EventRecorder
+from canaryd.adapters.kserve import KServeAdapter
+from canaryd.adapters.prometheus import PrometheusSource
+from canaryd.adapters.statestore import Conflict, StateStore
+from canaryd.policy import PolicySpec
+from canaryd.rollout.engine import analysis_request, decide, in_force
+from canaryd.rollout.model import (
+    Action,
+    ApplySpec,
+    Desired,
+    Observation,
+    Promote,
+    RecordEvent,
+    Rollback,
+    SetTraffic,
+)
+from canaryd.rollout.state import RolloutState, TargetRef
+
+log = logging.getLogger("canaryd.controller")
+
+#: Test-only switch: when set to a directory, a tick whose actions include the one named by
+#: `CANARYD_TEST_HOLD_ON` (e.g. `traffic=30`) writes `<dir>/held` after saving the state and before
+#: patching the InferenceService, then waits until `<dir>/release` exists. End-to-end tests use it to
+#: SIGKILL the daemon exactly between the two writes.
+HOLD_ENV = "CANARYD_TEST_HOLD_DIR"
+HOLD_ON_ENV = "CANARYD_TEST_HOLD_ON"
+
+
+@dataclass
+class Adapters:
+    """Everything a tick talks to, grouped so the controller does not pass six arguments around."""
+
+    kserve: KServeAdapter
+    store: StateStore
+    events: EventRecorder
+    prometheus: PrometheusSource
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class TickResult:
+    next_check_at: datetime | None
+    phase: str
+    changed: bool
+
+
+class Controller:
+    def __init__(self, adapters: Adapters, default_policy: PolicySpec) -> None:
+        self.a = adapters
+        self.default_policy = default_policy
+        self._hold_dir = os.environ.get(HOLD_ENV)
+        self._hold_on = os.environ.get(HOLD_ON_ENV, "")
+        self.on_decision: list[Callable[[RolloutState, RolloutState], None]] = []
+
+    def tick(self, target: TargetRef, desired: Desired | None, policy: PolicySpec | None) -> TickResult:
+        """Reconcile one service; retries a few times when another writer changed its ModelRollout."""
+        for _attempt in range(5):
+            try:
+                return self._tick_once(target, desired, policy or self.default_policy)
+            except Conflict:
+                log.info("state conflict, re-reading", extra={"service": target.key})
+        raise RuntimeError(f"{target.key}: ModelRollout kept changing under us (5 conflicts in a row)")
+
+    def _tick_once(self, target: TargetRef, desired: Desired | None, policy: PolicySpec) -> TickResult:
+        now = self.a.clock()
+        state = self.a.store.load(target.namespace, target.name)
+        if state is None:
+            if desired is None:
+                return TickResult(None, "Unknown", False)
+            component = "predictor"
+            state = RolloutState.new(target, component)
+        api_version = desired.manifest["apiVersion"] if desired else state.spec.target.api_version
+        live = self.a.kserve.read(target.namespace, target.name, api_version)
+        samples = None
+        request = analysis_request(state, in_force(state, policy), now)
+        if request is not None:
+            p = in_force(state, policy)
+            started = time.monotonic()
+            samples = self.a.prometheus.read(
+                request.namespace, request.service, request.canary_revision, request.stable_revision,
+                list(p.analysis.metrics), request.window_s,
+            )
+            log.debug("analysis query took %.3fs", time.monotonic() - started)
+        decision = decide(state, Observation(desired=desired, live=live, samples=samples), policy, now)
+        new = decision.state
+        changed = new != state
+        if changed:
+            new = self.a.store.save(new)
+        self._hold_point(target, decision.actions)
+        for action in decision.actions:
+            self._execute(new, action)
+        if changed or decision.log:
+            log.info(
+                "decision",
+                extra={
+                    "service": target.key,
+                    "phase": str(new.status.phase),
+                    "step": new.status.step,
+                    "weight": new.status.weight,
+                    "canary": new.status.canary_revision,
+                    "stable": new.status.stable_revision,
+                    "commit": new.spec.commit,
+                    "actions": [_describe(a) for a in decision.actions],
+                    **{k: v for k, v in decision.log.items()},
+                },
+            )
+        for hook in self.on_decision:
+            hook(state, new)
+        return TickResult(new.status.next_check_at, str(new.status.phase), changed)
+
+    def _hold_point(self, target: TargetRef, actions: list[Action]) -> None:
+        if not self._hold_dir or not any(_describe(a) == self._hold_on for a in actions):
+            return
+        d = Path(self._hold_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "held").write_text(target.key)
+        while not (d / "release").exists():
+            time.sleep(0.05)
+
+    def _execute(self, state: RolloutState, action: Action) -> None:
+        t = state.spec.target
+        k = self.a.kserve
+        match action:
+            case ApplySpec():
+                k.apply(action)
+            case SetTraffic(component=c, percent=pct):
+                k.set_traffic(t.namespace, t.name, c, pct)
+            case Promote(component=c):
+                k.promote(t.namespace, t.name, c)
+            case Rollback(component=c):
+                k.rollback(t.namespace, t.name, c)
+            case RecordEvent(reason=r, message=m, type=ty):
+                self.a.events.record(t, r, m, ty)
+            case _:
+                log.debug("no executor for %s", type(action).__name__)
+
+
+def _describe(action: Action) -> str:
+    match action:
+        case ApplySpec(create=True):
+            return "create"
+        case ApplySpec(canary_percent=p):
+            return f"apply(canary={p})"
+        case SetTraffic(percent=p):
+            return f"traffic={p}"
+        case RecordEvent(reason=r):
+            return f"event:{r}"
+        case _:
+            return type(action).__name__.lower()

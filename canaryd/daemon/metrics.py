@@ -1,0 +1,51 @@
+"""canaryd's own Prometheus metrics (`canaryd_` prefix), on a private registry served at /metrics.
+
+A private registry (not the global default) keeps tests that start several daemons in one process from
+colliding, and keeps the exposition limited to what we define.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from canaryd.rollout.state import Phase, RolloutState
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.rollouts = Gauge("canaryd_rollouts", "Services by rollout phase", ["phase"], registry=r)
+        self.weight = Gauge("canaryd_canary_weight_percent", "Canary traffic percent canaryd wants, per service",
+                            ["namespace", "service"], registry=r)
+        self.analyses = Counter("canaryd_analyses_total", "Canary analyses by outcome",
+                                ["namespace", "service", "outcome"], registry=r)
+        self.transitions = Counter("canaryd_transitions_total", "Rollout phase transitions",
+                                   ["namespace", "service", "phase"], registry=r)
+        self.ticks = Histogram("canaryd_tick_duration_seconds", "Duration of one reconcile tick", registry=r,
+                               buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.tick_errors = Counter("canaryd_tick_errors_total", "Reconcile ticks that raised", ["namespace", "service"],
+                                   registry=r)
+        self.syncs = Counter("canaryd_git_syncs_total", "Config repo syncs by result", ["result"], registry=r)
+        self.last_sync = Gauge("canaryd_git_last_sync_success_timestamp_seconds",
+                               "Unix time of the last successful config repo sync", registry=r)
+        self.config_errors = Gauge("canaryd_config_errors", "Invalid documents in the config repo at the last sync",
+                                   registry=r)
+        self.services = Gauge("canaryd_desired_services", "Services declared in the config repo", registry=r)
+        self._phases: dict[str, Phase] = {}
+        for p in Phase:
+            self.rollouts.labels(str(p)).set(0)
+
+    def observe_state(self, old: RolloutState, new: RolloutState) -> None:
+        t = new.spec.target
+        self._phases[t.key] = new.status.phase
+        tally = Tally(self._phases.values())
+        for p in Phase:
+            self.rollouts.labels(str(p)).set(tally.get(p, 0))
+        self.weight.labels(t.namespace, t.name).set(new.status.weight)
+        if new.status.analyses_run > old.status.analyses_run and new.status.analyses:
+            self.analyses.labels(t.namespace, t.name, new.status.analyses[-1].verdict.outcome).inc()
+        if new.status.phase != old.status.phase or len(new.status.history) != len(old.status.history):
+            self.transitions.labels(t.namespace, t.name, str(new.status.phase)).inc()

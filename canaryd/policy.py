@@ -1,0 +1,243 @@
+"""The RolloutPolicy: how one InferenceService is rolled out (DESIGN §4).
+
+Unknown fields are errors everywhere: a typo such as `failureLimt` must not silently fall back to a
+default and weaken a policy. Durations stay as the user wrote them (`1m`) and are exposed in seconds
+through properties, so status output shows what the user wrote.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from canaryd.durations import parse_duration
+
+API_VERSION = "canaryd.io/v1alpha1"
+KIND = "RolloutPolicy"
+
+Component = Literal["predictor", "transformer", "explainer"]
+BUILTIN_METRICS = ("error-rate", "latency")
+PLACEHOLDERS = ("namespace", "service", "revision", "window")
+
+
+class _Strict(BaseModel):
+    # strict: YAML `"5"` or `true` must not quietly become a step; no NaN/Inf thresholds (never fire).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, strict=True,
+                              allow_inf_nan=False)
+
+
+def _check_duration(value: str, *, allow_zero: bool = False) -> str:
+    seconds = parse_duration(value)
+    if seconds <= 0 and not allow_zero:
+        raise ValueError(f"duration {value!r} must be greater than zero")
+    return value
+
+
+class Target(_Strict):
+    name: str = Field(min_length=1, max_length=253)
+    components: list[Component] = Field(default_factory=lambda: list[Component](["predictor"]), min_length=1)
+
+    @field_validator("components")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("components must not repeat")
+        return v
+
+
+class Metric(_Strict):
+    """One check. `error-rate` and `latency` are built in; any other name needs a PromQL `query`."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # error-rate
+    max: float | None = None
+    max_increase: float | None = Field(default=None, alias="maxIncrease", ge=0)
+    # latency
+    quantile: float | None = Field(default=None, gt=0, lt=1)
+    max_ms: float | None = Field(default=None, alias="maxMs", gt=0)
+    max_ratio: float | None = Field(default=None, alias="maxRatio", gt=1)
+    # custom
+    query: str | None = Field(default=None, min_length=1)
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> Metric:
+        allowed: dict[str, set[str]] = {
+            "error-rate": {"max", "max_increase"},
+            "latency": {"quantile", "max_ms", "max_ratio"},
+        }
+        given = {k for k in ("max", "max_increase", "quantile", "max_ms", "max_ratio", "query", "min")
+                 if getattr(self, k) is not None}
+        if self.name in allowed:
+            extra = given - allowed[self.name]
+            if extra:
+                names = ", ".join(sorted(_alias(e) for e in extra))
+                raise ValueError(f"metric {self.name!r} does not take {names}")
+            if not given & (allowed[self.name] - {"quantile"}):
+                want = " or ".join(sorted(_alias(a) for a in allowed[self.name] - {"quantile"}))
+                raise ValueError(f"metric {self.name!r} needs a threshold: {want}")
+            if self.name == "error-rate" and self.max is not None and not 0 <= self.max <= 1:
+                raise ValueError("error-rate max is a fraction between 0 and 1 (0.01 = 1 %)")
+        else:
+            if self.query is None:
+                raise ValueError(
+                    f"metric {self.name!r} is not built in ({', '.join(BUILTIN_METRICS)}): it needs a query"
+                )
+            extra = given - {"query", "min", "max"}
+            if extra:
+                names = ", ".join(sorted(_alias(e) for e in extra))
+                raise ValueError(f"custom metric {self.name!r} does not take {names}")
+            if self.min is None and self.max is None:
+                raise ValueError(f"custom metric {self.name!r} needs min or max")
+            if self.min is not None and self.max is not None and self.min > self.max:
+                raise ValueError(f"custom metric {self.name!r}: min ({self.min}) is above max ({self.max})")
+            _check_placeholders(self.query)
+        return self
+
+    @property
+    def effective_quantile(self) -> float:
+        return self.quantile if self.quantile is not None else 0.99
+
+
+def _alias(field: str) -> str:
+    return {"max_increase": "maxIncrease", "max_ms": "maxMs", "max_ratio": "maxRatio"}.get(field, field)
+
+
+def _check_placeholders(query: str) -> None:
+    import re
+
+    for name in re.findall(r"\{\{\s*([^}]*?)\s*\}\}", query):
+        if name not in PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{{{name}}}}} in query; allowed: "
+                + ", ".join("{{" + p + "}}" for p in PLACEHOLDERS)
+            )
+
+
+class Analysis(_Strict):
+    every: str = "10s"
+    warmup: str = "30s"
+    min_requests: int = Field(default=200, alias="minRequests", ge=1)
+    failure_limit: int = Field(default=2, alias="failureLimit", ge=1)
+    inconclusive_limit: int = Field(default=5, alias="inconclusiveLimit", ge=1)
+    on_inconclusive: Literal["hold", "rollback"] = Field(default="hold", alias="onInconclusive")
+    max_hold: str = Field(default="30m", alias="maxHold")
+    metrics: list[Metric] = Field(
+        default_factory=lambda: [
+            Metric(name="error-rate", max=0.01),
+            Metric(name="latency", quantile=0.99, max_ms=500),
+        ],
+        min_length=1,
+    )
+
+    @field_validator("every", "max_hold")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        return _check_duration(v)
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup(cls, v: str) -> str:
+        return _check_duration(v, allow_zero=True)
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, v: list[Metric]) -> list[Metric]:
+        names = [m.name for m in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"metric names must be unique, repeated: {', '.join(dup)}")
+        return v
+
+    @property
+    def every_s(self) -> float:
+        return parse_duration(self.every)
+
+    @property
+    def warmup_s(self) -> float:
+        return parse_duration(self.warmup)
+
+    @property
+    def max_hold_s(self) -> float:
+        return parse_duration(self.max_hold)
+
+
+class Gates(_Strict):
+    confirm_promotion: bool = Field(default=False, alias="confirmPromotion")
+
+
+class PolicySpec(_Strict):
+    target: Target | None = None
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50], min_length=1, max_length=50)
+    interval: str = "1m"
+    progress_deadline: str = Field(default="10m", alias="progressDeadline")
+    analysis: Analysis = Field(default_factory=Analysis)
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        for s in v:
+            if not 1 <= s <= 99:
+                raise ValueError(f"step {s} is out of range: each step is a canary percent from 1 to 99")
+        if any(b <= a for a, b in pairwise(v)):
+            raise ValueError(f"steps must increase strictly, got {v}")
+        return v
+
+    @field_validator("interval", "progress_deadline")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        return _check_duration(v)
+
+    @model_validator(mode="after")
+    def _cadence(self) -> PolicySpec:
+        if self.analysis.every_s > self.interval_s:
+            raise ValueError(
+                f"analysis.every ({self.analysis.every}) must not be longer than interval ({self.interval}):"
+                " a step must see at least one analysis"
+            )
+        return self
+
+    @property
+    def interval_s(self) -> float:
+        return parse_duration(self.interval)
+
+    @property
+    def progress_deadline_s(self) -> float:
+        return parse_duration(self.progress_deadline)
+
+
+class PolicyMetadata(_Strict):
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class RolloutPolicy(_Strict):
+    api_version: Literal["canaryd.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["RolloutPolicy"]
+    metadata: PolicyMetadata
+    spec: PolicySpec = Field(default_factory=PolicySpec)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-safe form stored in the ModelRollout, so a restart rolls on with the same rules."""
+        return policy_snapshot(self.spec)
+
+
+def spec_from_snapshot(data: dict[str, Any]) -> PolicySpec:
+    return PolicySpec.model_validate(data)
+
+
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of a RolloutPolicy document (for editors and CI linting)."""
+    return RolloutPolicy.model_json_schema(by_alias=True)
+
+
+def policy_snapshot(spec: PolicySpec) -> dict[str, Any]:
+    """JSON-safe form of a policy spec, as stored in a ModelRollout."""
+    data: dict[str, Any] = json.loads(spec.model_dump_json(by_alias=True, exclude_none=True))
+    return data

@@ -1,0 +1,457 @@
+"""The rollout decision logic: `decide(state, observation, policy, now) -> Decision`.
+
+Pure: no clock, network or disk. `now` and every observation are arguments and every effect is an
+action value, so each rollout path is a row in a table test and restart-safety is a property of the
+persisted state alone.
+
+The engine is level-triggered: the persisted state is the *intent* (which spec, which step, which weight),
+and every tick re-asserts it on the live service with absolute actions. The controller persists the new
+state before it executes the actions, so a crash between the two is repaired by the next tick, without a
+step being repeated or skipped.
+
+Policy in force: a rollout runs under the policy snapshot taken when it started (stored in the state), so
+a policy edit cannot change the rules halfway through a canary; `policy` (the one from Git) is used for
+the next rollout.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from canaryd.analysis.judge import judge
+from canaryd.analysis.samples import Verdict
+from canaryd.apply import subset_matches
+from canaryd.policy import PolicySpec, spec_from_snapshot
+from canaryd.rollout.model import (
+    Action,
+    AnalysisRequest,
+    ApplySpec,
+    Decision,
+    Desired,
+    LiveService,
+    Observation,
+    Promote,
+    RecordEvent,
+    Rollback,
+    SetTraffic,
+)
+from canaryd.rollout.state import ACTIVE, AnalysisRecord, Phase, RolloutState
+
+#: How often to look at a service that is waiting for KServe (new revision Ready, promotion visible).
+POLL_S = 2.0
+#: How often to re-check a service with nothing going on (drift, missed Git syncs).
+IDLE_RECHECK_S = 60.0
+
+_ANALYSING = (Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION)
+
+
+def in_force(state: RolloutState, policy: PolicySpec) -> PolicySpec:
+    """The policy that governs `state`'s rollout: its snapshot if it has one."""
+    if state.spec.policy:
+        return spec_from_snapshot(state.spec.policy)
+    return policy
+
+
+def analysis_request(state: RolloutState, policy: PolicySpec, now: datetime) -> AnalysisRequest | None:
+    """Whether an analysis is due now, and over which window (the current step so far, after warmup)."""
+    st = state.status
+    if st.phase not in _ANALYSING or st.canary_revision is None:
+        return None
+    if st.next_check_at is not None and now < st.next_check_at:
+        return None
+    p = in_force(state, policy)
+    start = _window_start(state, p)
+    if start is None or now <= start:
+        return None
+    return AnalysisRequest(
+        namespace=state.spec.target.namespace,
+        service=state.spec.target.name,
+        canary_revision=st.canary_revision,
+        stable_revision=st.stable_revision,
+        window_s=(now - start).total_seconds(),
+    )
+
+
+def _window_start(state: RolloutState, p: PolicySpec) -> datetime | None:
+    st = state.status
+    if st.ready_at is None or st.step_started_at is None:
+        return None
+    return max(st.step_started_at, st.ready_at + timedelta(seconds=p.analysis.warmup_s))
+
+
+def decide(state: RolloutState, obs: Observation, policy: PolicySpec, now: datetime) -> Decision:
+    """The next state and the actions that move the live service towards it."""
+    return _Tick(state, obs, policy, now).run()
+
+
+class _Tick:
+    """One decision. A class only to share the arguments between the phase handlers."""
+
+    def __init__(self, state: RolloutState, obs: Observation, policy: PolicySpec, now: datetime) -> None:
+        self.state = state
+        self.obs = obs
+        self.policy = policy
+        self.now = now
+        self.actions: list[Action] = []
+        self.log: dict[str, object] = {}
+
+    # -- helpers -----------------------------------------------------------------------------------
+    @property
+    def comp(self) -> str:
+        return self.state.spec.component
+
+    @property
+    def p(self) -> PolicySpec:
+        return in_force(self.state, self.policy)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.actions.append(RecordEvent(reason, message, "Warning" if warning else "Normal"))
+
+    def move(self, phase: Phase, reason: str, message: str, *, warning: bool = False, **status: object) -> None:
+        self.state = self.state.transition(phase, now=self.now, reason=reason, message=message, **status)
+        self.event(reason, message, warning)
+        self.log.setdefault("transitions", [])
+        assert isinstance(self.log["transitions"], list)
+        self.log["transitions"].append(f"{phase}: {reason}")
+
+    def later(self, seconds: float) -> datetime:
+        return self.now + timedelta(seconds=seconds)
+
+    def schedule(self, at: datetime) -> None:
+        self.state = self.state.evolve(next_check_at=at)
+
+    def done(self) -> Decision:
+        return Decision(state=self.state, actions=self.actions, log=self.log)
+
+    # -- entry -------------------------------------------------------------------------------------
+    def run(self) -> Decision:
+        desired, live = self.obs.desired, self.obs.live
+        st = self.state.status
+        if desired is None:
+            # Gone from Git: the service is left running (no prune), but an unfinished canary must not
+            # keep its traffic without analysis: take it away.
+            if live is not None and (st.phase in _ANALYSING or st.phase == Phase.INITIALIZING):
+                return self._abort_for("the service was removed from Git")
+            if live is not None and st.phase == Phase.PROMOTING:
+                return self._promoting(live)
+            if live is not None and st.phase == Phase.ROLLING_BACK:
+                return self._rolling_back(live)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        if live is None:
+            return self._create(desired)
+        if desired.spec_hash != self.state.spec.spec_hash:
+            return self._new_desired(desired, live)
+        handler = {
+            Phase.INITIALIZING: self._initializing,
+            Phase.PROGRESSING: self._analysing,
+            Phase.HOLDING: self._analysing,
+            Phase.WAITING_PROMOTION: self._analysing,
+            Phase.PROMOTING: self._promoting,
+            Phase.ROLLING_BACK: self._rolling_back,
+        }.get(st.phase)
+        if handler is None:
+            return self._idle(live)
+        return handler(live)
+
+    def _idle(self, live: LiveService) -> Decision:
+        comp = live.component(self.comp)
+        stable = comp.latest_rolledout or comp.latest_ready
+        if self.state.status.phase == Phase.SUCCEEDED and stable and stable != self.state.status.stable_revision:
+            self.state = self.state.evolve(stable_revision=stable)
+        self.schedule(self.later(IDLE_RECHECK_S))
+        return self.done()
+
+    # -- starting ----------------------------------------------------------------------------------
+    def _create(self, desired: Desired) -> Decision:
+        st = self.state.status
+        if desired.spec_hash in st.failed_spec_hashes:
+            # Recreating it would put a spec that already failed its canary at 100 %: refuse.
+            self.log["missing"] = "service not found; its desired spec failed before, so it is not recreated"
+            self.event("NotRecreated", "InferenceService is missing and its desired spec (commit "
+                       f"{_short(desired.commit)}) failed its canary before: not recreating it", warning=True)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        if st.phase in ACTIVE and desired.spec_hash == self.state.spec.spec_hash:
+            # Deleted mid-canary: recreating it would serve a spec that was never analysed at 100 %.
+            msg = ("InferenceService was deleted mid-rollout; not recreating it with a spec that was never"
+                   " analysed; push a new commit to deploy it")
+            self.state = self.state.reset(now=self.now, reason="ServiceMissing", message=msg)
+            self.move(Phase.FAILED, "ServiceMissing", msg, warning=True,
+                      failed_spec_hashes=_add(st.failed_spec_hashes, desired.spec_hash))
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        if st.phase not in (Phase.IDLE, Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
+            self.state = self.state.reset(now=self.now, reason="ServiceMissing",
+                                          message="InferenceService disappeared mid-rollout")
+        self._take_spec(desired)
+        self.actions.append(ApplySpec(desired.manifest, None, self.comp, None, create=True))
+        self.move(Phase.SUCCEEDED, "Created", f"created from commit {_short(desired.commit)}: nothing to compare"
+                  " against, so no canary", step=-1, weight=100, canary_revision=None)
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _take_spec(self, desired: Desired) -> None:
+        self.state = self.state.evolve(spec={
+            "commit": desired.commit, "spec_hash": desired.spec_hash, "last_applied": desired.manifest,
+            "policy": desired.policy, "policy_source": desired.policy_source,
+        })
+
+    def _new_desired(self, desired: Desired, live: LiveService) -> Decision:
+        st = self.state.status
+        if desired.spec_hash in st.failed_spec_hashes:
+            if st.phase in _ANALYSING or st.phase == Phase.INITIALIZING:
+                return self._abort_for("the desired spec failed before")
+            if st.phase == Phase.PROMOTING:
+                return self._promoting(live)
+            if st.phase == Phase.ROLLING_BACK:
+                return self._rolling_back(live)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            self.log["skipped"] = f"spec {desired.spec_hash} was rolled back before; waiting for a new commit"
+            return self.done()
+        already = subset_matches(desired.manifest, live.manifest)
+        if already and live.canary_percent is None and st.phase not in ACTIVE:
+            # The service already runs what Git wants (first sight, or someone applied it before Git got
+            # it): adopt it. A canary would wait forever for a revision that applying it does not make.
+            self._take_spec(desired)
+            comp = live.component(self.comp)
+            self.move(Phase.SUCCEEDED, "Adopted", "live service already matches Git; adopted without a rollout",
+                      stable_revision=comp.latest_rolledout or comp.latest_ready, weight=100, step=-1,
+                      canary_revision=None)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        if live.raw_deployment:
+            if st.phase in ACTIVE:
+                self.state = self.state.reset(now=self.now, reason="DeploymentModeChanged",
+                                              message="service switched to RawDeployment/Standard mid-rollout")
+            self._take_spec(desired)
+            msg = ("service runs in RawDeployment/Standard mode, where KServe ignores canaryTrafficPercent:"
+                   " canaryd cannot canary it; not applied")
+            self.move(Phase.FAILED, "UnsupportedDeploymentMode", msg, warning=True)
+            self.state = self.state.evolve(
+                failed_spec_hashes=_add(st.failed_spec_hashes, desired.spec_hash))
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        superseding = st.phase in ACTIVE
+        comp = live.component(self.comp)
+        previous = self.state.spec.last_applied
+        self._take_spec(desired)
+        self.state = self.state.evolve(spec={"previous_applied": previous})
+        # If the live service already has this spec (applied by someone, at 0 %), its newest revision is
+        # the canary: no baseline to wait past.
+        baseline = None if already else comp.latest_created
+        reason = "Superseded" if superseding else "RolloutStarted"
+        self.actions.append(ApplySpec(desired.manifest, previous, self.comp, 0))
+        stable = comp.latest_rolledout or comp.latest_ready
+        self.move(
+            Phase.INITIALIZING, reason,
+            f"{'new commit supersedes the running canary; ' if superseding else ''}"
+            f"applying commit {_short(desired.commit)} (spec {desired.spec_hash}) with 0% traffic;"
+            f" stable revision {stable}",
+            step=-1, weight=0, canary_revision=None, stable_revision=stable,
+            baseline_created_revision=baseline, failed_analyses=0, inconclusive_in_row=0,
+            rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None, analyses=[],
+        )
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _abort_for(self, why: str) -> Decision:
+        """A desired spec we will not roll out replaced the one in flight: take the canary's traffic away."""
+        self.actions.append(Rollback(self.comp))
+        self.move(Phase.ROLLING_BACK, "Superseded", f"{why}; taking traffic away from the canary",
+                  warning=True, weight=0)
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    # -- phases ------------------------------------------------------------------------------------
+    def _initializing(self, live: LiveService) -> Decision:
+        st = self.state.status
+        manifest = self.state.spec.last_applied or {}
+        comp = live.component(self.comp)
+        if not subset_matches(manifest, live.manifest) or live.canary_percent != 0:
+            # Our spec (at 0 %) is not, or no longer, on the service: a crash between saving the state and
+            # patching, or someone else's write. Apply it again, from what was applied before, so removals
+            # are sent too. Any revision created meanwhile is not ours: wait past it.
+            self.actions.append(ApplySpec(manifest, self.state.spec.previous_applied, self.comp, 0))
+            self.log["reapplied"] = True
+            self.state = self.state.evolve(baseline_created_revision=comp.latest_created)
+            self.schedule(self.later(min(POLL_S, self.p.analysis.every_s)))
+            return self._check_deadline(live)
+        candidate = comp.latest_created
+        new_ready = (
+            live.reconciled and candidate is not None and candidate != st.baseline_created_revision
+            and comp.latest_ready == candidate
+        )
+        p = self.p
+        if new_ready and candidate is not None:
+            first = p.steps[0]
+            self.state = self.state.evolve(spec={"previous_applied": None})
+            self.actions.append(SetTraffic(self.comp, first))
+            self.move(Phase.PROGRESSING, "CanaryReady",
+                      f"revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
+                      step=0, weight=first, canary_revision=candidate, ready_at=self.now,
+                      step_started_at=self.now)
+            self.schedule(self.later(p.analysis.warmup_s + p.analysis.every_s))
+            return self.done()
+        self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
+        return self._check_deadline(live)
+
+    def _check_deadline(self, live: LiveService) -> Decision:
+        st = self.state.status
+        p = self.p
+        comp = live.component(self.comp)
+        candidate = comp.latest_created
+        started = st.rollout_started_at or self.now
+        if (self.now - started).total_seconds() >= p.progress_deadline_s:
+            detail = f"latest created {candidate}, latest ready {comp.latest_ready}"
+            cond = live.conditions.get("LatestDeploymentReady") or live.conditions.get("Ready")
+            if cond is not None and cond.message:
+                detail += f"; {cond.message}"
+            return self._rollback("ProgressDeadlineExceeded",
+                                  f"new revision not Ready within progressDeadline {p.progress_deadline} ({detail})")
+        self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
+        return self.done()
+
+    def _analysing(self, live: LiveService) -> Decision:
+        st = self.state.status
+        p = self.p
+        if live.canary_percent != st.weight:
+            # Live traffic differs from the intent (a crash after saving the state, or someone else's
+            # write): re-assert it. Absolute, so repeating it is harmless.
+            self.actions.append(SetTraffic(self.comp, st.weight))
+            self.log["reasserted_weight"] = st.weight
+        request = analysis_request(self.state, p, self.now)
+        if request is None:
+            if st.next_check_at is None or st.next_check_at <= self.now:
+                start = _window_start(self.state, p)
+                base = start if start is not None and start > self.now else self.now
+                self.schedule(base + timedelta(seconds=p.analysis.every_s))
+            return self.done()
+        samples = self.obs.samples
+        if samples is None:
+            self.schedule(self.later(p.analysis.every_s))
+            return self.done()
+        verdict = judge(samples, p.analysis)
+        self.state = self.state.with_analysis(AnalysisRecord(
+            at=self.now, step=st.step, weight=st.weight, canary_revision=st.canary_revision, verdict=verdict))
+        self.log["verdict"] = verdict.summary
+        self.schedule(self.later(p.analysis.every_s))
+        if verdict.outcome == "fail":
+            return self._on_fail(verdict)
+        if verdict.outcome == "inconclusive":
+            return self._on_inconclusive(verdict)
+        return self._on_pass(verdict)
+
+    def _on_fail(self, verdict: Verdict) -> Decision:
+        failed = self.state.status.failed_analyses + 1
+        limit = self.p.analysis.failure_limit
+        self.state = self.state.evolve(failed_analyses=failed, inconclusive_in_row=0)
+        self.event("AnalysisFailed", f"analysis failed ({failed}/{limit}): {verdict.summary}", warning=True)
+        if failed >= limit:
+            return self._rollback("AnalysisFailed",
+                                  f"failed analyses ({failed}) reached failureLimit ({limit}): {verdict.summary}")
+        return self.done()
+
+    def _on_inconclusive(self, verdict: Verdict) -> Decision:
+        st = self.state.status
+        a = self.p.analysis
+        count = st.inconclusive_in_row + 1
+        self.state = self.state.evolve(inconclusive_in_row=count)
+        self.event("AnalysisInconclusive", f"analysis inconclusive ({count}/{a.inconclusive_limit}):"
+                   f" {verdict.summary}", warning=True)
+        if st.phase == Phase.HOLDING:
+            held = (self.now - (st.hold_since or self.now)).total_seconds()
+            if held >= a.max_hold_s:
+                return self._rollback("MaxHoldExceeded",
+                                      f"held {held:.0f}s >= maxHold {a.max_hold} without conclusive data")
+            return self.done()
+        if count >= a.inconclusive_limit:
+            why = f"inconclusive analyses in a row ({count}) reached inconclusiveLimit ({a.inconclusive_limit})"
+            if a.on_inconclusive == "rollback":
+                return self._rollback("InconclusiveLimit", f"{why}; onInconclusive is rollback")
+            if st.phase == Phase.PROGRESSING:
+                self.move(Phase.HOLDING, "Holding", f"{why}; holding at {st.weight}% (maxHold {a.max_hold})",
+                          warning=True, hold_since=self.now)
+        return self.done()
+
+    def _on_pass(self, verdict: Verdict) -> Decision:
+        st = self.state.status
+        p = self.p
+        self.state = self.state.evolve(inconclusive_in_row=0)
+        if st.phase == Phase.HOLDING:
+            self.move(Phase.PROGRESSING, "Resumed", f"analysis passed again: {verdict.summary}", hold_since=None)
+        if st.phase == Phase.WAITING_PROMOTION:
+            return self.done()
+        elapsed = (self.now - (st.step_started_at or self.now)).total_seconds()
+        if elapsed < p.interval_s:
+            return self.done()
+        nxt = st.step + 1
+        if nxt < len(p.steps):
+            weight = p.steps[nxt]
+            self.actions.append(SetTraffic(self.comp, weight))
+            self.move(Phase.PROGRESSING, "StepAdvanced",
+                      f"step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
+                      step=nxt, weight=weight, step_started_at=self.now)
+            return self.done()
+        if p.gates.confirm_promotion:
+            self.move(Phase.WAITING_PROMOTION, "WaitingPromotion",
+                      f"all steps passed; waiting for confirmation to promote; {verdict.summary}")
+            return self.done()
+        return self._promote(f"all {len(p.steps)} steps passed; {verdict.summary}")
+
+    def _promote(self, why: str) -> Decision:
+        self.actions.append(Promote(self.comp))
+        self.move(Phase.PROMOTING, "Promoting", f"promoting {self.state.status.canary_revision} to 100%: {why}",
+                  weight=100)
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _promoting(self, live: LiveService) -> Decision:
+        st = self.state.status
+        comp = live.component(self.comp)
+        if live.canary_percent is not None:
+            self.actions.append(Promote(self.comp))  # not visible yet, or reset by someone: again
+        if comp.latest_rolledout == st.canary_revision and comp.percent_of(st.canary_revision) == 100:
+            self.move(Phase.SUCCEEDED, "Promoted",
+                      f"revision {st.canary_revision} serves 100% (commit {_short(self.state.spec.commit)})",
+                      stable_revision=st.canary_revision, canary_revision=None, step=-1, weight=100)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _rollback(self, reason: str, message: str) -> Decision:
+        st = self.state.status
+        self.actions.append(Rollback(self.comp))
+        self.move(Phase.ROLLING_BACK, reason, f"rolling back to {st.stable_revision}: {message}", warning=True,
+                  weight=0, failed_spec_hashes=_add(st.failed_spec_hashes, self.state.spec.spec_hash))
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _rolling_back(self, live: LiveService) -> Decision:
+        st = self.state.status
+        comp = live.component(self.comp)
+        if live.canary_percent != 0:
+            self.actions.append(Rollback(self.comp))
+        if live.canary_percent == 0 and comp.percent_of(st.canary_revision) == 0:
+            spec_hash = self.state.spec.spec_hash
+            if spec_hash in st.failed_spec_hashes:
+                self.move(Phase.FAILED, "RolledBack",
+                          f"all traffic on {st.stable_revision}; spec {spec_hash} (commit "
+                          f"{_short(self.state.spec.commit)}) will not be retried until Git changes", warning=True)
+            else:
+                self.move(Phase.ABORTED, "Aborted", f"all traffic on {st.stable_revision}; canary abandoned")
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+
+def _add(items: list[str], item: str | None) -> list[str]:
+    if item is None or item in items:
+        return items
+    return [*items, item][-20:]
+
+
+def _short(commit: str | None) -> str:
+    return commit[:8] if commit else "?"

@@ -1,0 +1,158 @@
+"""The engine's inputs and outputs: what was observed, and the effects it asks for.
+
+Observations are plain values read by adapters (the live InferenceService, the desired service from Git,
+Prometheus samples). Actions are values the controller executes; the engine itself never does I/O. Every
+action is *absolute* ("set traffic to 25 %", "apply this spec"), never relative ("advance a step"), so
+executing one twice after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from canaryd.analysis.samples import AnalysisSamples
+from canaryd.rollout.state import RolloutState
+
+PERCENT_FIELD = "canaryTrafficPercent"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TrafficTarget(_Frozen):
+    revision: str | None
+    percent: int
+    latest: bool = False
+    tag: str | None = None
+
+
+class Condition(_Frozen):
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
+class ComponentStatus(_Frozen):
+    latest_created: str | None = None
+    latest_ready: str | None = None
+    latest_rolledout: str | None = None
+    previous_rolledout: str | None = None
+    traffic: list[TrafficTarget] = Field(default_factory=list)
+
+    def percent_of(self, revision: str | None) -> int:
+        if revision is None:
+            return 0
+        return sum(t.percent for t in self.traffic if t.revision == revision)
+
+
+class LiveService(_Frozen):
+    """An InferenceService as read from the cluster, reduced to what decisions need."""
+
+    api_version: str
+    generation: int
+    observed_generation: int | None = None
+    manifest: dict[str, Any]
+    canary_percent: int | None = None
+    deployment_mode: str | None = None
+    components: dict[str, ComponentStatus] = Field(default_factory=dict)
+    conditions: dict[str, Condition] = Field(default_factory=dict)
+
+    def component(self, name: str) -> ComponentStatus:
+        return self.components.get(name) or ComponentStatus()
+
+    @property
+    def reconciled(self) -> bool:
+        """KServe has seen the newest spec (status.observedGeneration caught up with the generation)."""
+        return self.observed_generation is not None and self.observed_generation >= self.generation
+
+    @property
+    def raw_deployment(self) -> bool:
+        return (self.deployment_mode or "").lower() in {"rawdeployment", "standard"}
+
+
+class Desired(_Frozen):
+    """The service as Git wants it, with the policy that governs its next rollout."""
+
+    manifest: dict[str, Any]
+    spec_hash: str
+    commit: str | None = None
+    policy: dict[str, Any]
+    policy_source: str | None = None
+
+
+class Observation(_Frozen):
+    desired: Desired | None
+    live: LiveService | None
+    samples: AnalysisSamples | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What the controller must ask Prometheus before calling `decide` (None = no analysis due)."""
+
+    namespace: str
+    service: str
+    canary_revision: str
+    stable_revision: str | None
+    window_s: float
+
+
+# -- actions ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApplySpec:
+    """Create the service, or merge-patch it from `last_applied` to `manifest` (DESIGN §8).
+
+    `canary_percent` is written into the component with the manifest (0 for a new canary, so no traffic
+    moves before the new revision is Ready); None leaves the field out (a plain create).
+    """
+
+    manifest: dict[str, Any]
+    last_applied: dict[str, Any] | None
+    component: str
+    canary_percent: int | None
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class SetTraffic:
+    component: str
+    percent: int
+
+
+@dataclass(frozen=True)
+class Promote:
+    component: str
+
+
+@dataclass(frozen=True)
+class Rollback:
+    component: str
+
+
+@dataclass(frozen=True)
+class RecordEvent:
+    reason: str
+    message: str
+    type: Literal["Normal", "Warning"] = "Normal"
+
+
+@dataclass(frozen=True)
+class Notify:
+    kind: str
+    message: str
+
+
+Action = ApplySpec | SetTraffic | Promote | Rollback | RecordEvent | Notify
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: RolloutState
+    actions: list[Action] = field(default_factory=list)
+    log: dict[str, Any] = field(default_factory=dict)

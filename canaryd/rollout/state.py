@@ -1,0 +1,223 @@
+"""Rollout state: what canaryd is rolling out and how far it got (the ModelRollout's spec and status).
+
+State is immutable: every change makes a new copy (`evolve`), and phase changes go through `transition`,
+which checks a table of allowed moves (an illegal one raises), records the move in the history and
+resets the per-phase clock. The whole object round-trips through the ModelRollout custom resource
+(`for_storage` / `from_storage`), so a restart or a new leader resumes from exactly what was persisted.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from canaryd.analysis.samples import Verdict
+
+GROUP = "canaryd.io"
+VERSION = "v1alpha1"
+KIND = "ModelRollout"
+PLURAL = "modelrollouts"
+
+MAX_ANALYSES = 10
+MAX_HISTORY = 50
+
+
+class Phase(StrEnum):
+    IDLE = "Idle"
+    INITIALIZING = "Initializing"
+    PROGRESSING = "Progressing"
+    HOLDING = "Holding"
+    WAITING_PROMOTION = "WaitingPromotion"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    FAILED = "Failed"
+    ABORTED = "Aborted"
+    PAUSED = "Paused"
+
+
+#: Phases in which a canary revision exists and may receive traffic.
+ACTIVE = frozenset(
+    {Phase.INITIALIZING, Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION, Phase.PROMOTING,
+     Phase.ROLLING_BACK, Phase.PAUSED}
+)
+#: Phases that end a rollout; a new desired spec starts the next one.
+TERMINAL = frozenset({Phase.IDLE, Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
+
+_ANALYSING = {Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION}
+_START = {Phase.INITIALIZING, Phase.SUCCEEDED, Phase.FAILED}
+
+ALLOWED: dict[Phase, frozenset[Phase]] = {
+    Phase.IDLE: frozenset(_START),
+    Phase.INITIALIZING: frozenset({Phase.INITIALIZING, Phase.PROGRESSING, Phase.ROLLING_BACK, Phase.FAILED,
+                                   Phase.ABORTED, Phase.PAUSED}),
+    Phase.PROGRESSING: frozenset({Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION, Phase.PROMOTING,
+                                  Phase.ROLLING_BACK, Phase.INITIALIZING, Phase.ABORTED, Phase.PAUSED}),
+    Phase.HOLDING: frozenset({Phase.PROGRESSING, Phase.WAITING_PROMOTION, Phase.PROMOTING, Phase.ROLLING_BACK,
+                              Phase.INITIALIZING, Phase.ABORTED, Phase.PAUSED}),
+    Phase.WAITING_PROMOTION: frozenset({Phase.PROMOTING, Phase.ROLLING_BACK, Phase.INITIALIZING, Phase.ABORTED,
+                                        Phase.PAUSED}),
+    Phase.PROMOTING: frozenset({Phase.SUCCEEDED, Phase.INITIALIZING}),
+    Phase.ROLLING_BACK: frozenset({Phase.FAILED, Phase.ABORTED, Phase.INITIALIZING}),
+    Phase.SUCCEEDED: frozenset(_START),
+    Phase.FAILED: frozenset(_START),
+    Phase.ABORTED: frozenset(_START),
+    Phase.PAUSED: frozenset({Phase.INITIALIZING, Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION,
+                             Phase.ROLLING_BACK, Phase.ABORTED}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A phase change the table does not allow: a bug in the engine, never a user error."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class TargetRef(_Frozen):
+    api_version: str = Field(default="serving.kserve.io/v1beta1", alias="apiVersion")
+    kind: str = "InferenceService"
+    namespace: str
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class AnalysisRecord(_Frozen):
+    """One analysis with its numbers, kept so `status` and `history` can explain every decision."""
+
+    at: datetime
+    step: int
+    weight: int
+    canary_revision: str | None = Field(default=None, alias="canaryRevision")
+    verdict: Verdict
+
+
+class HistoryRecord(_Frozen):
+    at: datetime
+    phase: Phase
+    from_phase: Phase | None = Field(default=None, alias="fromPhase")
+    reason: str
+    message: str = ""
+    step: int = -1
+    weight: int = 0
+    commit: str | None = None
+
+
+class RolloutSpec(_Frozen):
+    """What canaryd is rolling out: the ModelRollout's `spec`."""
+
+    target: TargetRef
+    component: str = "predictor"
+    commit: str | None = None
+    spec_hash: str | None = Field(default=None, alias="specHash")
+    last_applied: dict[str, Any] | None = Field(default=None, alias="lastApplied")
+    #: What was applied before `last_applied`, kept until the new spec is seen live, so that a re-apply
+    #: after a crash still sends the `null`s that remove fields dropped in Git.
+    previous_applied: dict[str, Any] | None = Field(default=None, alias="previousApplied")
+    policy: dict[str, Any] = Field(default_factory=dict)
+    policy_source: str | None = Field(default=None, alias="policySource")
+
+
+class RolloutStatus(_Frozen):
+    """How far it got: the ModelRollout's `status`."""
+
+    phase: Phase = Phase.IDLE
+    step: int = -1
+    weight: int = 0
+    stable_revision: str | None = Field(default=None, alias="stableRevision")
+    canary_revision: str | None = Field(default=None, alias="canaryRevision")
+    baseline_created_revision: str | None = Field(default=None, alias="baselineCreatedRevision")
+    failed_spec_hashes: list[str] = Field(default_factory=list, alias="failedSpecHashes")
+    failed_analyses: int = Field(default=0, alias="failedAnalyses")
+    inconclusive_in_row: int = Field(default=0, alias="inconclusiveInRow")
+    analyses_run: int = Field(default=0, alias="analysesRun")
+    phase_since: datetime | None = Field(default=None, alias="phaseSince")
+    rollout_started_at: datetime | None = Field(default=None, alias="rolloutStartedAt")
+    ready_at: datetime | None = Field(default=None, alias="readyAt")
+    step_started_at: datetime | None = Field(default=None, alias="stepStartedAt")
+    hold_since: datetime | None = Field(default=None, alias="holdSince")
+    next_check_at: datetime | None = Field(default=None, alias="nextCheckAt")
+    message: str = ""
+    last_verdict: str | None = Field(default=None, alias="lastVerdict")
+    analyses: list[AnalysisRecord] = Field(default_factory=list)
+    history: list[HistoryRecord] = Field(default_factory=list)
+
+
+class RolloutState(_Frozen):
+    spec: RolloutSpec
+    status: RolloutStatus = Field(default_factory=RolloutStatus)
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+
+    @classmethod
+    def new(cls, target: TargetRef, component: str = "predictor") -> RolloutState:
+        return cls(spec=RolloutSpec(target=target, component=component))
+
+    # -- copies ------------------------------------------------------------------------------------
+    def evolve(self, *, spec: dict[str, Any] | None = None, **status: Any) -> RolloutState:
+        """A copy with some status fields (and optionally spec fields) replaced."""
+        new_status = self.status.model_copy(update=status) if status else self.status
+        new_spec = self.spec.model_copy(update=spec) if spec else self.spec
+        return self.model_copy(update={"status": new_status, "spec": new_spec})
+
+    def transition(self, phase: Phase, *, now: datetime, reason: str, message: str = "",
+                   **status: Any) -> RolloutState:
+        """Move to `phase` if the table allows it, recording why; other status fields may change too."""
+        current = self.status.phase
+        if phase not in ALLOWED[current]:
+            raise IllegalTransition(f"{current} -> {phase} ({reason})")
+        updated = self.evolve(**status)
+        record = HistoryRecord(
+            at=now, phase=phase, from_phase=current, reason=reason, message=message,
+            step=updated.status.step, weight=updated.status.weight, commit=updated.spec.commit,
+        )
+        history = [*self.status.history, record][-MAX_HISTORY:]
+        since = now if phase != current else self.status.phase_since
+        return updated.evolve(phase=phase, phase_since=since, message=message or reason, history=history)
+
+    def reset(self, *, now: datetime, reason: str, message: str) -> RolloutState:
+        """Back to Idle from any phase: the one escape from the table, for when the service itself vanished."""
+        record = HistoryRecord(at=now, phase=Phase.IDLE, from_phase=self.status.phase, reason=reason,
+                               message=message, commit=self.spec.commit)
+        return self.evolve(phase=Phase.IDLE, phase_since=now, message=message, step=-1, weight=0,
+                           canary_revision=None, history=[*self.status.history, record][-MAX_HISTORY:])
+
+    def with_analysis(self, record: AnalysisRecord) -> RolloutState:
+        analyses = [*self.status.analyses, record][-MAX_ANALYSES:]
+        return self.evolve(analyses=analyses, last_verdict=record.verdict.summary,
+                           analyses_run=self.status.analyses_run + 1)
+
+    # -- storage -----------------------------------------------------------------------------------
+    def for_storage(self) -> dict[str, Any]:
+        """The ModelRollout object (without resourceVersion unless known): JSON-safe."""
+        t = self.spec.target
+        body: dict[str, Any] = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "metadata": {
+                "name": t.name,
+                "namespace": t.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "canaryd"},
+            },
+            "spec": json.loads(self.spec.model_dump_json(by_alias=True, exclude_none=True)),
+            "status": json.loads(self.status.model_dump_json(by_alias=True, exclude_none=True)),
+        }
+        if self.resource_version:
+            body["metadata"]["resourceVersion"] = self.resource_version
+        return body
+
+    @classmethod
+    def from_storage(cls, obj: dict[str, Any]) -> RolloutState:
+        meta = obj.get("metadata") or {}
+        return cls(
+            spec=RolloutSpec.model_validate(obj.get("spec") or {}),
+            status=RolloutStatus.model_validate(obj.get("status") or {}),
+            resource_version=meta.get("resourceVersion"),
+        )

@@ -1,0 +1,217 @@
+"""The data plane's routing table: which emulated revision answers a request, from API objects alone.
+
+Pure: built from the InferenceService and Knative Revision objects as read from the API, so the same
+table can be tested without a server and rebuilt from scratch on every refresh (no incremental state
+to drift). Like a Knative ingress, it routes a service's untagged host by the traffic percents and a
+tag host (`{tag}-{isvc}`) to the tagged revision only, whatever its percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STORAGE_URI_ANNOTATION = "sandbox.canaryd.io/storage-uri"
+ISVC_LABEL = "serving.kserve.io/inferenceservice"
+COMPONENT_LABEL = "component"
+CONFIGURATION_LABEL = "serving.knative.dev/configuration"
+DEFAULT_COMPONENT = "predictor"
+COMPONENTS = ("predictor", "transformer", "explainer")
+
+
+@dataclass(frozen=True)
+class Revision:
+    namespace: str
+    name: str
+    isvc: str
+    component: str
+    configuration: str
+    storage_uri: str | None
+    ready: bool
+
+
+@dataclass(frozen=True)
+class TrafficTarget:
+    revision: str
+    percent: int
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class ComponentRoute:
+    """The traffic of one component of one InferenceService (one Knative Service)."""
+
+    namespace: str
+    isvc: str
+    component: str
+    targets: tuple[TrafficTarget, ...]
+
+    @property
+    def knative_service(self) -> str:
+        return f"{self.isvc}-{self.component}"
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return frozenset(t.tag for t in self.targets if t.tag)
+
+
+@dataclass(frozen=True)
+class Address:
+    """What a request asked for: a component of a service, and a tag if it used a tag host."""
+
+    namespace: str
+    isvc: str
+    component: str
+    tag: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.isvc, self.component)
+
+
+@dataclass(frozen=True)
+class Selected:
+    revision: Revision
+    tag: str | None
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """The service exists but nothing Ready serves it (a Knative ingress answers 503)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    routes: Mapping[tuple[str, str, str], ComponentRoute] = field(default_factory=dict)
+    revisions: Mapping[tuple[str, str], Revision] = field(default_factory=dict)
+    # (namespace, first host label) -> address; built once so a lookup needs no name parsing
+    names: Mapping[tuple[str, str], Address] = field(default_factory=dict)
+
+    def address(self, namespace: str, label: str) -> Address | None:
+        """The address behind a host's first label (`iris`, `iris-predictor`, `prev-iris`, ...)."""
+        return self.names.get((namespace, label))
+
+    def select(self, address: Address, draw: float) -> Selected | Unavailable:
+        """Choose the revision for one request; `draw` is uniform in [0, 1) (deterministic upstream)."""
+        route = self.routes.get(address.key)
+        if route is None:
+            return Unavailable(f"no traffic for {address.namespace}/{address.isvc} {address.component}")
+        if address.tag is not None:
+            for target in route.targets:
+                if target.tag == address.tag:
+                    revision = self._ready(route.namespace, target.revision)
+                    if revision is None:
+                        return Unavailable(f"revision {target.revision} (tag {address.tag}) is not ready")
+                    return Selected(revision, address.tag)
+            return Unavailable(f"no revision tagged {address.tag}")
+        candidates = [
+            (target, revision)
+            for target in route.targets
+            if target.percent > 0 and (revision := self._ready(route.namespace, target.revision)) is not None
+        ]
+        if not candidates:
+            return Unavailable(f"no ready revision with traffic for {route.knative_service}")
+        total = sum(target.percent for target, _ in candidates)
+        point = draw * total
+        for target, revision in candidates:
+            point -= target.percent
+            if point < 0:
+                return Selected(revision, None)
+        return Selected(candidates[-1][1], None)  # only reached through float rounding at draw ~ 1
+
+    def _ready(self, namespace: str, name: str) -> Revision | None:
+        revision = self.revisions.get((namespace, name))
+        return revision if revision is not None and revision.ready else None
+
+
+def _condition_true(obj: Mapping[str, Any], kind: str) -> bool:
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(isinstance(c, dict) and c.get("type") == kind and str(c.get("status")) == "True" for c in conditions)
+
+
+def parse_revision(obj: Mapping[str, Any]) -> Revision | None:
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    component = str(labels.get(COMPONENT_LABEL, DEFAULT_COMPONENT))
+    isvc = str(labels.get(ISVC_LABEL, ""))
+    uri = annotations.get(STORAGE_URI_ANNOTATION)
+    return Revision(
+        namespace=namespace,
+        name=name,
+        isvc=isvc,
+        component=component,
+        configuration=str(labels.get(CONFIGURATION_LABEL, f"{isvc}-{component}")),
+        storage_uri=uri if isinstance(uri, str) else None,
+        ready=_condition_true(obj, "Ready"),
+    )
+
+
+def parse_routes(obj: Mapping[str, Any]) -> list[ComponentRoute]:
+    """One route per component with a `traffic` list in the status, and always one for the predictor.
+
+    A service that exists but has no traffic yet still gets a (empty) predictor route, so that requests
+    to it are answered 503 (exists, nothing ready), not 404 (no such host).
+    """
+    meta = obj.get("metadata") or {}
+    name, namespace = meta.get("name"), meta.get("namespace")
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return []
+    components = (obj.get("status") or {}).get("components") or {}
+    routes = []
+    for component, status in components.items():
+        if not isinstance(status, dict) or not isinstance(status.get("traffic"), list):
+            continue
+        targets = tuple(
+            TrafficTarget(
+                revision=str(entry["revisionName"]),
+                percent=int(entry.get("percent") or 0),
+                tag=str(entry["tag"]) if entry.get("tag") else None,
+            )
+            for entry in status["traffic"]
+            if isinstance(entry, dict) and entry.get("revisionName")
+        )
+        routes.append(ComponentRoute(namespace, name, str(component), targets))
+    if not any(route.component == DEFAULT_COMPONENT for route in routes):
+        routes.append(ComponentRoute(namespace, name, DEFAULT_COMPONENT, ()))
+    return routes
+
+
+def build_table(isvcs: Iterable[Mapping[str, Any]], revisions: Iterable[Mapping[str, Any]]) -> RoutingTable:
+    routes: dict[tuple[str, str, str], ComponentRoute] = {}
+    for obj in isvcs:
+        for route in parse_routes(obj):
+            routes[(route.namespace, route.isvc, route.component)] = route
+    parsed = (parse_revision(obj) for obj in revisions)
+    revs = {(r.namespace, r.name): r for r in parsed if r is not None}
+    names: dict[tuple[str, str], Address] = {}
+    # Plain names first, so that a tag host never shadows a real service whose name has a dash.
+    for (ns, isvc, component), route in sorted(routes.items()):
+        if component == DEFAULT_COMPONENT:
+            names.setdefault((ns, isvc), Address(ns, isvc, component))
+        names.setdefault((ns, route.knative_service), Address(ns, isvc, component))
+    for (ns, isvc, component), route in sorted(routes.items()):
+        for tag in sorted(route.tags):
+            if component == DEFAULT_COMPONENT:
+                names.setdefault((ns, f"{tag}-{isvc}"), Address(ns, isvc, component, tag))
+            names.setdefault((ns, f"{tag}-{route.knative_service}"), Address(ns, isvc, component, tag))
+    return RoutingTable(routes=routes, revisions=revs, names=names)
+
+
+def split_host(host: str, domain: str) -> tuple[str, str] | None:
+    """`prev-iris.models.example.com:8080` -> (`prev-iris`, `models`); None if not under `domain`."""
+    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    hostname = hostname.lower().rstrip(".")
+    suffix = "." + domain.lower()
+    if not hostname.endswith(suffix):
+        return None
+    parts = hostname[: -len(suffix)].split(".")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]

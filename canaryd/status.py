@@ -1,0 +1,47 @@
+"""Human-readable rendering of rollout states, shared by `canaryd status` and the demo's live table."""
+
+from __future__ import annotations
+
+from canaryd.rollout.state import RolloutState
+
+COLUMNS = ("SERVICE", "PHASE", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)", "LAST VERDICT")
+
+
+def last_numbers(state: RolloutState) -> tuple[str, str]:
+    """Canary error rate and latency of the newest analysis, as display strings ('-' when unknown)."""
+    if not state.status.analyses:
+        return "-", "-"
+    verdict = state.status.analyses[-1].verdict
+    err = lat = "-"
+    for m in verdict.metrics:
+        if m.name == "error-rate" and m.value is not None:
+            err = f"{m.value:.4f}"
+        elif m.name == "latency" and m.value is not None:
+            lat = f"{m.value:.0f}"
+    return err, lat
+
+
+def row(state: RolloutState) -> tuple[str, ...]:
+    st = state.status
+    err, lat = last_numbers(state)
+    verdict = st.analyses[-1].verdict.outcome if st.analyses else "-"
+    return (
+        state.spec.target.key, str(st.phase), f"{st.weight}%", st.stable_revision or "-",
+        st.canary_revision or "-", (state.spec.commit or "-")[:8], err, lat, verdict,
+    )
+
+
+def render_table(states: list[RolloutState]) -> str:
+    rows = [COLUMNS, *[row(s) for s in sorted(states, key=lambda s: s.spec.target.key)]]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if len(rows) == 1:
+        lines.append("(no ModelRollouts: canaryd has not rolled anything out yet)")
+    else:
+        for s in sorted(states, key=lambda s: s.spec.target.key):
+            if s.status.last_verdict:
+                lines.append(f"{s.spec.target.key}: {s.status.message}")
+                lines.append(f"  last analysis: {s.status.last_verdict}")
+            elif s.status.message:
+                lines.append(f"{s.spec.target.key}: {s.status.message}")
+    return "\n".join(lines)

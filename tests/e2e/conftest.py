@@ -1,0 +1,40 @@
+"""One sandbox for the whole end-to-end session (Prometheus takes ~6 s to see its first scrape)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from canaryd.sandbox.cluster import Sandbox
+from canaryd.sandbox.scenario import Scenario
+from tests.e2e.helpers import Env
+
+GOOD = {"errorRate": 0.0, "latencyMs": {"base": 20, "p99": 60}, "readyAfterSeconds": 1}
+
+SCENARIO = {
+    "seed": 11,
+    "default": GOOD,
+    "versions": {
+        "gs://e2e/v1": GOOD,
+        "gs://e2e/v2": {**GOOD, "latencyMs": {"base": 18, "p99": 50}},
+        "gs://e2e/v3": GOOD,
+        "gs://e2e/errors": {**GOOD, "errorRate": 0.3},
+        "gs://e2e/slow": {**GOOD, "latencyMs": {"base": 400, "p99": 900}},
+        "gs://e2e/never-ready": {**GOOD, "neverReady": True},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox(Scenario.model_validate(SCENARIO)) as sb:
+        yield sb
+
+
+@pytest.fixture
+def env(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Env]:
+    tag = request.node.name.replace("test_", "").replace("_", "-")[:20].strip("-")
+    e = Env(sandbox, tag)
+    yield e
+    e.close()
