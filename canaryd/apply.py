@@ -214,3 +214,30 @@ def _put(obj: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
             obj[key] = child
         obj = child
     obj[path[-1]] = value
+
+
+def already_applied(last_applied: Mapping[str, Any] | None, desired: Mapping[str, Any],
+                    live: Mapping[str, Any]) -> bool:
+    """Applying `desired` (from `last_applied`) would change nothing on `live`.
+
+    Stricter than `subset_matches`: a field removed in Git that is still live counts as a change, since
+    the merge patch would remove it.
+    """
+    if not subset_matches(desired, live):
+        return False
+    if last_applied is None:
+        return True
+    patch = merge_patch(last_applied, desired)
+    return not _removals_pending(patch, live)
+
+
+def _removals_pending(patch: Any, live: Any) -> bool:
+    if not isinstance(patch, Mapping) or not isinstance(live, Mapping):
+        return False
+    for key, value in patch.items():
+        if value is None:
+            if live.get(key) is not None:
+                return True
+        elif _removals_pending(value, live.get(key)):
+            return True
+    return False

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from canaryd.analysis.judge import judge
 from canaryd.analysis.samples import Verdict
-from canaryd.apply import subset_matches
+from canaryd.apply import already_applied, subset_matches
 from canaryd.policy import PolicySpec, spec_from_snapshot
 from canaryd.rollout.model import (
     Action,
@@ -209,7 +209,7 @@ class _Tick:
             self.schedule(self.later(IDLE_RECHECK_S))
             self.log["skipped"] = f"spec {desired.spec_hash} was rolled back before; waiting for a new commit"
             return self.done()
-        already = subset_matches(desired.manifest, live.manifest)
+        already = already_applied(self.state.spec.last_applied, desired.manifest, live.manifest)
         if already and live.canary_percent is None and st.phase not in ACTIVE:
             # The service already runs what Git wants (first sight, or someone applied it before Git got
             # it): adopt it. A canary would wait forever for a revision that applying it does not make.

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from canaryd.apply import (
     UnsupportedApiVersion,
+    already_applied,
     apply_merge_patch,
     canary_percent,
     managed_part,
@@ -228,3 +229,14 @@ def test_empty_labels_in_git_match_a_live_service_without_labels() -> None:
     live["metadata"].pop("labels", None)
     live["metadata"].pop("annotations", None)
     assert subset_matches(desired, live)
+
+
+def test_already_applied_sees_a_pending_removal() -> None:
+    """Regression: a field removed in Git but still live is a change, although desired is a subset of live."""
+    old = isvc(model("gs://m/v1", maxReplicas=3))
+    new = isvc(model("gs://m/v1"))
+    live = isvc(model("gs://m/v1", maxReplicas=3))
+    assert subset_matches(new, live)
+    assert not already_applied(old, new, live)
+    assert already_applied(None, new, live)
+    assert already_applied(old, new, isvc(model("gs://m/v1")))

@@ -685,6 +685,27 @@ def test_discovery(api: client.ApiClient) -> None:
     assert [c.type for c in crd.status.conditions] == ["NamesAccepted", "Established"]
 
 
+def test_crds_created_through_the_api_are_served_at_once(tmp_path: Path) -> None:
+    gizmo = _crd("gizmos", "Gizmo", {"type": "object", "properties": {"spec": {
+        "type": "object", "properties": {"n": {"type": "integer"}}}}}, status=False)
+    with KubeApiEmulator([]) as emu:
+        kubeconfig = emu.write_kubeconfig(tmp_path / "kubeconfig")
+        with config.new_client_from_config(config_file=str(kubeconfig)) as api_client:
+            ext = client.ApiextensionsV1Api(api_client)
+            co = client.CustomObjectsApi(api_client)
+            with pytest.raises(ApiException) as exc:
+                ext.create_custom_resource_definition({**gizmo, "metadata": {"name": "wrong.name"}})
+            assert exc.value.status == 422
+            created = ext.create_custom_resource_definition(gizmo)
+            assert created.status.accepted_names.kind == "Gizmo"
+            body = {"apiVersion": f"{TG}/{TV}", "kind": "Gizmo", "metadata": {"name": "g"}, "spec": {"n": 1, "x": 2}}
+            assert co.create_namespaced_custom_object(TG, TV, "default", "gizmos", body)["spec"] == {"n": 1}
+            ext.delete_custom_resource_definition(f"gizmos.{TG}")
+            with pytest.raises(ApiException) as exc:
+                co.list_namespaced_custom_object(TG, TV, "default", "gizmos")
+            assert exc.value.status == 404
+
+
 def test_dry_run_validates_without_storing(co: client.CustomObjectsApi, ns: str) -> None:
     out = co.create_namespaced_custom_object(G, V, ns, P, isvc("iris"), dry_run="All")
     assert out["metadata"]["uid"] and "resourceVersion" not in out["metadata"]

@@ -245,7 +245,7 @@ class KubeApp:
         except TooOldResourceVersion as e:
             err = too_old(e.requested, e.oldest)
             return WatchResponse(_once(_line({"type": "ERROR", "object": err.status()})), lambda: None)
-        scope = _WatchScope(self.api, rt, info.namespace, labels, fields)
+        scope = _WatchScope(self.api, rt, info.namespace, labels, fields, since or 0)
 
         async def events() -> AsyncIterator[bytes]:
             deadline = loop.time() + timeout
@@ -279,8 +279,9 @@ class _WatchScope:
     DELETED for that watcher, as the apiserver's cacher reports them."""
 
     def __init__(self, api: ObjectApi, rt: ResourceType, namespace: str, labels: LabelSelector,
-                 fields: FieldSelector) -> None:
+                 fields: FieldSelector, since: int) -> None:
         self.api, self.rt, self.namespace, self.labels, self.fields = api, rt, namespace, labels, fields
+        self.since = since
 
     def _matches(self, obj: dict[str, Any] | None) -> bool:
         if obj is None:
@@ -291,6 +292,8 @@ class _WatchScope:
         return self.labels.matches(meta.get("labels")) and self.fields.matches(obj)
 
     def encode(self, ev: WatchEvent) -> bytes | None:
+        if ev.rv <= self.since:
+            return None  # a watch from a future resourceVersion starts there
         now, before = self._matches(ev.obj), self._matches(ev.old)
         if ev.type == "MODIFIED":
             kind = "MODIFIED" if now and before else "ADDED" if now else "DELETED" if before else ""

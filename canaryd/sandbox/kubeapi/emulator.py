@@ -21,7 +21,14 @@ from canaryd.sandbox.kubeapi.app import KubeApp, RequestHook
 from canaryd.sandbox.kubeapi.errors import ApiError
 from canaryd.sandbox.kubeapi.objects import NAMESPACES_KEY, ObjectApi, WriteOptions
 from canaryd.sandbox.kubeapi.requestinfo import ApiCall
-from canaryd.sandbox.kubeapi.resources import Registry, ResourceType, builtin_types, is_crd, types_from_crd
+from canaryd.sandbox.kubeapi.resources import (
+    Registry,
+    ResourceType,
+    builtin_types,
+    is_crd,
+    types_from_crd,
+    validate_crd_object,
+)
 from canaryd.sandbox.kubeapi.schema import compile_schema
 from canaryd.sandbox.kubeapi.store import Obj, Store
 
@@ -33,7 +40,7 @@ def _crd_type() -> ResourceType:
         CRD_GROUP, CRD_VERSION, CRD_PLURAL, "customresourcedefinition", "CustomResourceDefinition",
         namespaced=False, schema=compile_schema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
         short_names=("crd", "crds"), status_subresource=True, allow_unconditional_update=False,
-        extra={"crd": True})
+        validator=validate_crd_object, extra={"crd": True})
 
 
 def load_crds(paths: Iterable[str | Path]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryd.sandbox.kubeapi.errors import FieldError
+from canaryd.sandbox.kubeapi.errors import INVALID, FieldError
 from canaryd.sandbox.kubeapi.schema import Schema, compile_schema
 from canaryd.sandbox.kubeapi.validation import (
     dns_label_errors,
@@ -246,6 +246,19 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     if not out:
         raise CRDError(f"CRD {crd.get('metadata', {}).get('name')!r} serves no version")
     return out
+
+
+def validate_crd_object(obj: dict[str, Any], _old: dict[str, Any] | None) -> list[FieldError]:
+    """A CRD written through the API must be servable and named `<plural>.<group>`."""
+    try:
+        types = types_from_crd(obj)
+    except CRDError as e:
+        return [FieldError(INVALID, "spec", "", str(e))]
+    want = f"{types[0].plural}.{types[0].group}"
+    name = (obj.get("metadata") or {}).get("name", "")
+    if name != want:
+        return [FieldError(INVALID, "metadata.name", name, 'must be spec.names.plural+"."+spec.group')]
+    return []
 
 
 class Registry:
