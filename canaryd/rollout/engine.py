@@ -278,9 +278,10 @@ class _Tick:
             self.schedule(self.later(min(POLL_S, self.p.analysis.every_s)))
             return self._check_deadline(live)
         candidate = comp.latest_created
+        # Not gated on status.observedGeneration: real KServe copies the Knative Service's generation
+        # there, which drifts from the InferenceService's (kserve#6081), so it can lag forever.
         new_ready = (
-            live.reconciled and candidate is not None and candidate != st.baseline_created_revision
-            and comp.latest_ready == candidate
+            candidate is not None and candidate != st.baseline_created_revision and comp.latest_ready == candidate
         )
         p = self.p
         if new_ready and candidate is not None:

@@ -332,7 +332,9 @@ def test_event_recorded_on_the_service(api_client: client.ApiClient, kserve: KSe
     assert recorder.record(ref, "analysis failed", "x" * 5000, "Warning", uid=uid)
     assert recorder.record(ref, "Promoted", "all traffic to evented-predictor-00002")
 
-    mine = [e for e in events(api_client, NS) if e["involvedObject"]["name"] == "evented"]
+    # Lists come back in name order, and generateName suffixes are random: order by reason instead.
+    mine = sorted((e for e in events(api_client, NS) if e["involvedObject"]["name"] == "evented"),
+                  key=lambda e: e["reason"])
     assert [e["reason"] for e in mine] == ["AnalysisFailed", "Promoted"]
     first = mine[0]
     assert first["involvedObject"] == {"apiVersion": f"{G}/{V}", "kind": "InferenceService",

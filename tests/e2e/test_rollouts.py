@@ -19,8 +19,7 @@ def deploy_v1(env: Env, name: str, extra: str = "", labels: dict[str, str] | Non
     if env.daemon is None:
         env.start_daemon()
     env.wait_phase(name, {Phase.SUCCEEDED}, c1, timeout=30)
-    wait_until(lambda: (env.isvc(name) or {}).get("status", {}).get("components", {}).get("predictor", {})
-               .get("latestReadyRevision"), 20, f"{name} v1 Ready")
+    wait_until(lambda: (s := env.state(name)) and s.status.stable_revision, 20, f"{name} v1 Ready and recorded")
     return c1
 
 
@@ -48,6 +47,7 @@ def test_good_version_is_promoted_step_by_step(env: Env) -> None:
     passes = [a for a in st.status.analyses if a.verdict.outcome == "pass"]
     assert passes and all(a.verdict.requests and a.verdict.requests >= 8 for a in passes)
     assert any(e.reason == "Promoted" for e in env.events("iris"))
+    assert env.daemon is not None and env.daemon.terminate(timeout=10) == 0  # SIGTERM: clean exit
 
 
 def test_error_regression_is_rolled_back_after_failure_limit(env: Env) -> None:

@@ -559,8 +559,13 @@ def test_watch_from_a_resource_version_older_than_the_history_is_410(tmp_path: P
                     pass
             assert exc.value.status == 410
             recent = core.list_namespaced_config_map("default").metadata.resource_version
-            names = [e["object"].metadata.name for e in watch.Watch().stream(
-                core.list_namespaced_config_map, "default", resource_version=str(int(recent) - 2), timeout_seconds=1)]
+            names: list[str] = []
+            w = watch.Watch()
+            for e in w.stream(core.list_namespaced_config_map, "default", resource_version=str(int(recent) - 2),
+                              timeout_seconds=5):
+                names.append(e["object"].metadata.name)
+                if len(names) == 2:
+                    w.stop()
             assert names == ["c4", "c5"]
         with httpx.stream("GET", f"{emu.url}/api/v1/namespaces/default/configmaps",
                           params={"watch": "1", "resourceVersion": "1"}) as r:
@@ -571,7 +576,7 @@ def test_watch_from_a_resource_version_older_than_the_history_is_410(tmp_path: P
         assert event["object"]["message"].startswith("too old resource version: 1 (")
 
 
-def test_stop_ends_open_watches_promptly(tmp_path: Path) -> None:
+def test_stop_ends_open_watches_promptly() -> None:
     emu = KubeApiEmulator([], namespaces=["default"]).start()
     done = threading.Event()
 

@@ -56,7 +56,13 @@ def load_crds(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
 
 
 class KubeApiEmulator:
-    """A faithful subset of kube-apiserver 1.28 over real HTTP on 127.0.0.1."""
+    """A faithful subset of kube-apiserver 1.28 over real HTTP on 127.0.0.1.
+
+    `calls` records every answered request (for an RBAC check). `hooks` is the seam for fault
+    injection: each `RequestHook` sees the parsed request first and may delay it or answer instead
+    (a 409, 429 or 500 built with `status_body`). `history` bounds the per-resource event history that
+    watches resume from; older resourceVersions get 410 Expired, as from the real watch cache.
+    """
 
     def __init__(self, crds: Iterable[dict[str, Any]] = (), *, namespaces: Iterable[str] = ("default",),
                  host: str = "127.0.0.1", port: int = 0, history: int = 1000) -> None:

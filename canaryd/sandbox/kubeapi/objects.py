@@ -103,29 +103,29 @@ class ObjectApi:
         return self.render(rt, obj)
 
     def list_collection(self, rt: ResourceType, namespace: str | None, *, label_selector: str | None = None,
-             field_selector: str | None = None, limit: int | None = None,
-             continue_token: str | None = None) -> Obj:
+                        field_selector: str | None = None, limit: int | None = None,
+                        continue_token: str | None = None) -> Obj:
         labels = parse_label_selector(label_selector)
         fields = parse_field_selector(field_selector, rt.allows_field)
         items, rv = self.store.scan(rt.storage_key, namespace)
-        start = ""
+        start: tuple[str, str] | None = None
         if continue_token:
             try:
                 token = json.loads(base64.urlsafe_b64decode(continue_token.encode()))
-                start, rv = str(token["start"]), int(token["rv"])
-            except (ValueError, KeyError, TypeError):
+                start, rv = (str(token["start"][0]), str(token["start"][1])), int(token["rv"])
+            except (ValueError, KeyError, TypeError, IndexError):
                 raise bad_request(f"continue key is not valid: {continue_token}") from None
         selected = []
         for o in items:
             m = o["metadata"]
-            if start and f"{m.get('namespace', '')}/{m['name']}" <= start:
+            if start is not None and (m.get("namespace", ""), m["name"]) <= start:
                 continue
             if labels.matches(m.get("labels")) and fields.matches(o):
                 selected.append(o)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if limit and limit > 0 and len(selected) > limit:
             last = selected[limit - 1]["metadata"]
-            token = {"rv": rv, "start": f"{last.get('namespace', '')}/{last['name']}"}
+            token = {"rv": rv, "start": [last.get("namespace", ""), last["name"]]}
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
             meta["remainingItemCount"] = len(selected) - limit
             selected = selected[:limit]
