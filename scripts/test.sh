@@ -13,7 +13,7 @@ echo ">>> installing canaryd with its dev dependencies"
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 echo ">>> ruff"
-python3 -m ruff check canaryd tests bench
+python3 -m ruff check canaryd tests $([ -d bench ] && echo bench)
 echo ">>> mypy --strict canaryd"
 python3 -m mypy --strict canaryd
 echo ">>> pytest"
