@@ -30,6 +30,13 @@ class RepoSettings(_Section):
     poll_interval: str = Field(default="30s", alias="pollInterval")
     workdir: Path = Field(default=Path("/tmp/canaryd/repo"))
     depth: int | None = Field(default=1, ge=1, description="shallow fetch depth; null = full history")
+    # Credentials are files (mounted Secrets), never values: see README "Private repos".
+    username: str | None = Field(default=None, description="user for HTTPS token auth (default x-access-token)")
+    token_file: Path | None = Field(default=None, alias="tokenFile", description="HTTPS token/password file")
+    ssh_key_file: Path | None = Field(default=None, alias="sshKeyFile", description="SSH private key file")
+    known_hosts_file: Path | None = Field(default=None, alias="knownHostsFile",
+                                          description="SSH known_hosts file (host keys are always checked)")
+    fetch_retries: int = Field(default=3, ge=0, le=10, alias="fetchRetries")
 
     @field_validator("poll_interval")
     @classmethod
@@ -76,6 +83,30 @@ class ServerSettings(_Section):
                                    description="write the bound port here (useful with port 0)")
 
 
+class WebhookSettings(_Section):
+    """`POST /hooks/git`: a push triggers an immediate sync (polling stays as the fallback)."""
+
+    enabled: bool = True
+    secret_file: Path | None = Field(default=None, alias="secretFile",
+                                     description="shared secret (GitHub/Gitea HMAC, GitLab token); unset = 401")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, alias="maxBodyBytes")
+    rate_per_second: float = Field(default=5.0, gt=0, alias="ratePerSecond")
+    burst: int = Field(default=20, ge=1)
+
+
+class NotifierSettings(_Section):
+    kind: Literal["slack", "generic", "teams"] = "generic"
+    url_file: Path = Field(alias="urlFile", description="file holding the webhook URL (it is a secret)")
+    events: list[str] = Field(default_factory=list, description="kinds to send; [] = all")
+
+
+class NotificationSettings(_Section):
+    notifiers: list[NotifierSettings] = Field(default_factory=list)
+    min_interval: str = Field(default="1m", alias="minInterval",
+                              description="per service and kind: at most one message per interval")
+    timeout: str = "5s"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANARYD_", env_nested_delimiter="__", extra="forbid", populate_by_name=True,
@@ -85,6 +116,9 @@ class Settings(BaseSettings):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    notifications: NotificationSettings = Field(default_factory=NotificationSettings)
+    prune: bool = Field(default=False, description="delete services removed from Git (default: leave them running)")
     default_policy: Path | None = Field(default=None, alias="defaultPolicy",
                                         description="RolloutPolicy file without target; unset = built-in")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="logLevel")

@@ -83,6 +83,10 @@ class Daemon:
         return True, f"synced {self.commit}"
 
     # -- git -------------------------------------------------------------------------------------
+    def request_sync(self) -> None:
+        """Sync as soon as possible (a push webhook). Bursts coalesce into one pending sync job."""
+        self.sched.once("sync-now", self.sync)
+
     def sync(self) -> None:
         """Fetch the config repo and tick every service whose desired state changed."""
         with self._sync_lock:

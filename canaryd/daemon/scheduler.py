@@ -51,6 +51,12 @@ class TickScheduler:
         self.sched.add_job(fn, "interval", seconds=seconds, id=job_id, replace_existing=True,
                            next_run_time=datetime.now(UTC), max_instances=1)
 
+    def once(self, job_id: str, fn: Callable[[], None]) -> None:
+        """Run `fn` now; a request while one is still pending replaces it (bursts coalesce)."""
+        if self._stopping.is_set():
+            return
+        self.sched.add_job(fn, "date", run_date=datetime.now(UTC), id=job_id, replace_existing=True)
+
     def trigger(self, key: str) -> None:
         """Tick `key` as soon as a worker is free."""
         if self._stopping.is_set():
