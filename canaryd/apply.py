@@ -8,8 +8,9 @@ defaults, other controllers) stay as they are. Only the parts of a manifest cana
 `metadata.labels`, `metadata.annotations` and `spec` (names, status and server metadata never are).
 
 Where the canary percent lives depends on the InferenceService API version; `PERCENT_PATHS` is the one
-table that knows it, so KFServing's v1alpha2 (`spec.canaryTrafficPercent`) is one more entry, not a
-condition repeated through the code.
+table that knows it for the per-component percent of KServe's v1beta1. KFServing's v1alpha2 has one percent
+for the whole service, the share of `spec.canary`, which only means something together with that canary:
+`canaryd.adapters.kserve.V1Alpha2` writes the two together.
 
 Everything here is pure: dicts in, new dicts out (inputs are never modified).
 """
@@ -25,6 +26,7 @@ from typing import Any
 from canaryd.rollout.model import PERCENT_FIELD
 
 V1BETA1 = "serving.kserve.io/v1beta1"
+V1ALPHA2 = "serving.kubeflow.org/v1alpha2"
 
 #: The parts of a manifest canaryd owns and writes; everything else belongs to the server or to others.
 MANAGED: tuple[tuple[str, ...], ...] = (("metadata", "labels"), ("metadata", "annotations"), ("spec",))
@@ -64,6 +66,15 @@ def merge_patch(last_applied: Mapping[str, Any] | None, desired: Mapping[str, An
         else:
             _put(patch, path, copy.deepcopy(new))
     return patch
+
+
+def replacing_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes a map that is `old` exactly `new` (every key `new` lacks is nulled).
+
+    For parts canaryd owns whole, such as KFServing's `spec.canary`: compared with what is live rather
+    than with what was last applied, so anything else in it (a default, someone's edit) goes too.
+    """
+    return _diff(old or {}, new)
 
 
 def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:

@@ -169,6 +169,35 @@ class Gates(_Strict):
     confirm_promotion: bool = Field(default=False, alias="confirmPromotion")
 
 
+WebhookType = Literal["pre-rollout", "rollout", "confirm-promotion", "post-rollout", "rollback"]
+
+
+class Webhook(_Strict):
+    """An HTTP gate or hook, as in Flagger. canaryd POSTs a JSON payload; 2xx = yes/ok.
+
+    pre-rollout: before the canary gets any traffic (e.g. a smoke test on its tag URL); a failure rolls
+    back. rollout: at every analysis; a failure counts as a failed analysis. confirm-promotion: after
+    the last step, polled at every analysis; promotion waits for a yes (or `canaryd promote`).
+    rollback: polled at every analysis; a yes rolls back. post-rollout: once the rollout ended.
+    """
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    type: WebhookType
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    timeout: str = "10s"
+    retries: int = Field(default=2, ge=0, le=10)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        return _check_duration(v)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
+
+
 class PolicySpec(_Strict):
     target: Target | None = None
     steps: list[int] = Field(default_factory=lambda: [5, 25, 50], min_length=1, max_length=50)
@@ -176,6 +205,19 @@ class PolicySpec(_Strict):
     progress_deadline: str = Field(default="10m", alias="progressDeadline")
     analysis: Analysis = Field(default_factory=Analysis)
     gates: Gates = Field(default_factory=Gates)
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_hooks(cls, v: list[Webhook]) -> list[Webhook]:
+        names = [w.name for w in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"webhook names must be unique, repeated: {', '.join(dup)}")
+        return v
+
+    def hooks(self, kind: str) -> list[Webhook]:
+        return [w for w in self.webhooks if w.type == kind]
 
     @field_validator("steps")
     @classmethod

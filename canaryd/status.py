@@ -45,3 +45,18 @@ def render_table(states: list[RolloutState]) -> str:
             elif s.status.message:
                 lines.append(f"{s.spec.target.key}: {s.status.message}")
     return "\n".join(lines)
+
+
+def render_history(state: RolloutState) -> str:
+    """Transitions (oldest first) and the kept analyses of one service, for `canaryd history`."""
+    out = [f"{state.spec.target.key}: {state.status.phase} (commit {(state.spec.commit or '-')[:8]},"
+           f" spec {state.spec.spec_hash or '-'})", "", "TIME                      COMMIT    STEP  WEIGHT  PHASE"
+           "             REASON"]
+    for h in state.status.history:
+        out.append(f"{h.at.isoformat(timespec='seconds'):<25} {(h.commit or '-')[:8]:<9} {h.step:>4}  {h.weight:>5}%"
+                   f"  {h.phase!s:<17} {h.reason}: {h.message}")
+    if state.status.analyses:
+        out += ["", "last analyses:"]
+        for a in state.status.analyses:
+            out.append(f"{a.at.isoformat(timespec='seconds')} step {a.step} at {a.weight}%: {a.verdict.summary}")
+    return "\n".join(out)

@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v prometheus >/dev/null 2>&1; then
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v sshd >/dev/null 2>&1; then
   echo ">>> installing prometheus (Debian package)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus git >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus git openssh-server openssh-client >/dev/null
 fi
 echo ">>> installing canaryd with its dev dependencies"
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -2,8 +2,9 @@
 
 Each InferenceService API version is a small `ServiceApi` strategy (how to parse the status, which patch
 sets, promotes or rolls back a canary) in the `STRATEGIES` registry; the adapter only does the HTTP.
-v1beta1 is the one registered; KFServing's v1alpha2 (`spec.default`/`spec.canary`, a promotion in several
-writes) is one more class and one more registry entry.
+KServe's v1beta1 splits traffic per component with `canaryTrafficPercent`; KFServing's v1alpha2 keeps the
+new version in `spec.canary` beside the stable `spec.default`, and its promotion takes several writes,
+each decided from the live object (see `V1Alpha2`).
 
 Writes are JSON merge patches (`application/merge-patch+json`, set explicitly rather than trusting the
 client's default), built by the pure `canaryd.apply`. Services in RawDeployment mode are refused before
@@ -14,14 +15,27 @@ rollout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from kubernetes import client
 
 from canaryd.adapters.kube import REQUEST_TIMEOUT, KubeError, NotFound, api_call
-from canaryd.apply import V1BETA1, canary_percent, check_percent, merge_patch, with_canary_percent
+from canaryd.apply import (
+    V1ALPHA2,
+    V1BETA1,
+    canary_percent,
+    check_percent,
+    merge_patch,
+    replacing_patch,
+    subset_matches,
+    with_canary_percent,
+)
 from canaryd.rollout.model import (
+    PERCENT_FIELD,
     ApplySpec,
     ComponentStatus,
     Condition,
@@ -41,17 +55,28 @@ class UnsupportedService(KubeError):
 
 
 class ServiceApi(Protocol):
-    """What differs between InferenceService API versions."""
+    """What differs between InferenceService API versions.
+
+    Patches are JSON merge patches; `live` is the object as just read. `apply_patch` and `promote_patch`
+    may answer None: nothing to write now (the live object must move first); the caller asks again on its
+    next tick.
+    """
 
     group: str
     version: str
     plural: str
+    api_version: str
 
     def parse(self, obj: Mapping[str, Any], component: str) -> LiveService: ...
 
+    def create_body(self, manifest: Mapping[str, Any], component: str, percent: int | None) -> dict[str, Any]: ...
+
+    def apply_patch(self, last_applied: Mapping[str, Any] | None, manifest: Mapping[str, Any], component: str,
+                    percent: int | None, live: Mapping[str, Any]) -> dict[str, Any] | None: ...
+
     def traffic_patch(self, component: str, percent: int) -> dict[str, Any]: ...
 
-    def promote_patch(self, component: str) -> dict[str, Any]: ...
+    def promote_patch(self, component: str, live: Mapping[str, Any]) -> dict[str, Any] | None: ...
 
     def rollback_patch(self, component: str) -> dict[str, Any]: ...
 
@@ -83,10 +108,24 @@ class V1Beta1:
             conditions=_conditions(status.get("conditions") or []),
         )
 
+    def create_body(self, manifest: Mapping[str, Any], component: str, percent: int | None) -> dict[str, Any]:
+        body = _manifest(manifest, with_uid=False)
+        body["apiVersion"] = self.api_version
+        if percent is not None:
+            body = with_canary_percent(body, component, percent, self.api_version)
+        return body
+
+    def apply_patch(self, last_applied: Mapping[str, Any] | None, manifest: Mapping[str, Any], component: str,
+                    percent: int | None, live: Mapping[str, Any]) -> dict[str, Any]:
+        patch = merge_patch(last_applied, manifest)
+        if percent is not None:
+            patch = with_canary_percent(patch, component, percent, self.api_version)
+        return patch
+
     def traffic_patch(self, component: str, percent: int) -> dict[str, Any]:
         return with_canary_percent({}, component, check_percent(percent), self.api_version)
 
-    def promote_patch(self, component: str) -> dict[str, Any]:
+    def promote_patch(self, component: str, live: Mapping[str, Any]) -> dict[str, Any]:
         # The documented promotion: drop the field (100 would route the same, but pins the service).
         return with_canary_percent({}, component, None, self.api_version)
 
@@ -95,8 +134,176 @@ class V1Beta1:
         return with_canary_percent({}, component, 0, self.api_version)
 
 
+class V1Alpha2:
+    """KFServing's `serving.kubeflow.org/v1alpha2`: `spec.default` serves, `spec.canary` is the new version
+    and `spec.canaryTrafficPercent` its share of the whole service (all components move together).
+
+    To the engine it looks like v1beta1 (`parse`): the manifest shows the new version as `spec.default`
+    (what Git says), the component's newest revision is the canary's once it exists, the rolled-out one
+    the default's. Writes keep KServe's hazard in mind (DESIGN §5): a canary spec is swapped only once its
+    old version has no traffic left, and the promotion moves traffic before it moves specs:
+
+    1. percent 100, and wait until the routes give the canary 100 % (`status.canaryTraffic`);
+    2. copy the canary into the default (the default's Knative Service makes a new revision, which gets
+       no traffic: the default's share is 0);
+    3. wait until `DefaultPredictorReady` is True for the revision made by step 2;
+    4. drop `spec.canary` and the percent: the default now serves the new version at 100 %.
+
+    Step 3 needs to know the default revision before the copy: this object remembers it per service (a
+    promotion runs in one daemon). After a restart in between, it accepts the default's readiness once it
+    turned True after the canary's did, or once it stayed unchanged for `settle_s` (KFServing 0.4 writes
+    no `observedGeneration`, so a stale status cannot be told apart otherwise).
+    """
+
+    group = "serving.kubeflow.org"
+    version = "v1alpha2"
+    plural = "inferenceservices"
+    api_version = V1ALPHA2
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, settle_s: float = 10.0) -> None:
+        self._clock = clock
+        self._settle_s = settle_s
+        self._lock = threading.Lock()
+        self._promotions: dict[str, _Promotion] = {}  # uid -> what step 2 saw
+
+    # -- reading -------------------------------------------------------------------------------------
+    def parse(self, obj: Mapping[str, Any], component: str) -> LiveService:
+        meta = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        manifest = _manifest(obj)
+        spec = dict(manifest["spec"])
+        canary = spec.pop("canary", None)
+        if isinstance(canary, Mapping):
+            spec["default"] = canary  # the version being rolled out is what Git's spec.default says
+        manifest["spec"] = spec
+        conditions = _conditions(status.get("conditions") or [])
+        names = {
+            str(name)
+            for endpoint in ("default", "canary")
+            for name in (status.get(endpoint) or {})
+            if isinstance(status.get(endpoint), Mapping)
+        }
+        components = {
+            name: _v1alpha2_component(status, conditions, name, isinstance(canary, Mapping)) for name in sorted(names)
+        }
+        # The engine's deadline message reads the newest deployment's condition: the canary's, if any.
+        newest = _v1alpha2_condition("canary" if isinstance(canary, Mapping) else "default", component)
+        if newest in conditions:
+            conditions["LatestDeploymentReady"] = conditions[newest]
+        return LiveService(
+            api_version=str(obj.get("apiVersion") or self.api_version),
+            generation=int(meta.get("generation") or 0),
+            observed_generation=_int_or_none(status.get("observedGeneration")),
+            manifest=manifest,
+            canary_percent=_v1alpha2_percent(obj.get("spec") or {}),
+            deployment_mode=None,
+            components=components,
+            conditions=conditions,
+        )
+
+    # -- writing -------------------------------------------------------------------------------------
+    def create_body(self, manifest: Mapping[str, Any], component: str, percent: int | None) -> dict[str, Any]:
+        if percent:
+            raise ValueError("a new v1alpha2 InferenceService has no canary: it cannot be created with a percent")
+        body = _manifest(manifest, with_uid=False)
+        body["apiVersion"] = self.api_version
+        return body
+
+    def apply_patch(self, last_applied: Mapping[str, Any] | None, manifest: Mapping[str, Any], component: str,
+                    percent: int | None, live: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The new version becomes `spec.canary` (at `percent`); `spec.default` keeps serving as it is.
+
+        A canary of another version that still has traffic first gets 0 %: while its Knative Service
+        deploys the new revision, KFServing keeps its old routes, so the old canary would keep its share.
+        """
+        if percent is not None:
+            check_percent(percent)
+        want = (manifest.get("spec") or {}).get("default")
+        if not isinstance(want, Mapping):
+            raise ValueError("a v1alpha2 manifest needs spec.default")
+        spec = live.get("spec") or {}
+        status = live.get("status") or {}
+        current = spec.get("canary")
+        other = isinstance(current, Mapping) and not subset_matches({"spec": want}, {"spec": current})
+        if other and ((_v1alpha2_percent(spec) or 0) > 0 or _int(status.get("canaryTraffic")) > 0):
+            if (_v1alpha2_percent(spec) or 0) > 0:
+                return {"spec": {PERCENT_FIELD: 0}}
+            return None  # 0 % is written; wait until the routes show it
+        patch = merge_patch(last_applied, manifest)
+        patch.pop("spec", None)  # only metadata from the manifest itself: the spec goes into the canary
+        canary = replacing_patch(current if isinstance(current, Mapping) else None, want)
+        patch["spec"] = {"canary": canary, PERCENT_FIELD: percent}
+        if percent is None:
+            del patch["spec"][PERCENT_FIELD]
+        return patch
+
+    def traffic_patch(self, component: str, percent: int) -> dict[str, Any]:
+        return {"spec": {PERCENT_FIELD: check_percent(percent)}}
+
+    def promote_patch(self, component: str, live: Mapping[str, Any]) -> dict[str, Any] | None:
+        spec = live.get("spec") or {}
+        status = live.get("status") or {}
+        uid = str((live.get("metadata") or {}).get("uid") or "")
+        canary = spec.get("canary")
+        if not isinstance(canary, Mapping):
+            self._forget(uid)
+            # Nothing to promote; a stray percent (someone's edit) is all that can be left over.
+            return {"spec": {PERCENT_FIELD: None}} if PERCENT_FIELD in spec else None
+        if _v1alpha2_percent(spec) != 100:
+            return {"spec": {PERCENT_FIELD: 100}}
+        if _int(status.get("canaryTraffic")) != 100:
+            return None  # step 1 not in force yet
+        default = spec.get("default")
+        if default != canary:
+            before = _entry(status, "default", _entry_component(spec, "default")).get("name")
+            with self._lock:
+                self._promotions[uid] = _Promotion(str(before) if before else None, self._clock())
+            return {"spec": {"default": replacing_patch(default if isinstance(default, Mapping) else None, canary)}}
+        if not self._default_serves_copy(uid, spec, status):
+            return None
+        self._forget(uid)
+        return {"spec": {"canary": None, PERCENT_FIELD: None}}
+
+    def rollback_patch(self, component: str) -> dict[str, Any]:
+        # Everything back to spec.default; KFServing deletes the canary's Knative Service.
+        return {"spec": {"canary": None, PERCENT_FIELD: None}}
+
+    def _default_serves_copy(self, uid: str, spec: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+        """Step 3: the default's newest revision, the one step 2 made, is Ready."""
+        component = _entry_component(spec, "default")
+        entry = _entry(status, "default", component)
+        conditions = _conditions(status.get("conditions") or [])
+        ready = conditions.get(_v1alpha2_condition("default", component))
+        if ready is None or ready.status != "True" or not entry.get("host") or not entry.get("name"):
+            return False
+        with self._lock:
+            seen = self._promotions.get(uid)
+            if seen is None:  # a restart since step 2: watch from here
+                seen = self._promotions[uid] = _Promotion(None, self._clock(), str(entry["name"]))
+        name = str(entry["name"])
+        if seen.before is not None:
+            return name != seen.before
+        # The default was Ready before the canary existed: Ready again after the canary means the copy.
+        if _later(_transition_time(status, "default", component), _transition_time(status, "canary", component)):
+            return True
+        if seen.first_name != name:  # the name moved while we watched: that is the copy
+            return True
+        return self._clock() - seen.at >= self._settle_s
+
+    def _forget(self, uid: str) -> None:
+        with self._lock:
+            self._promotions.pop(uid, None)
+
+
+@dataclass(frozen=True)
+class _Promotion:
+    before: str | None  # the default's revision when step 2 copied the canary (None: not seen)
+    at: float
+    first_name: str | None = None  # without `before`: the default's revision when first seen ready
+
+
 #: apiVersion -> strategy.
-STRATEGIES: dict[str, ServiceApi] = {V1BETA1: V1Beta1()}
+STRATEGIES: dict[str, ServiceApi] = {V1BETA1: V1Beta1(), V1ALPHA2: V1Alpha2()}
 
 
 def strategy_for(api_version: str) -> ServiceApi:
@@ -137,20 +344,19 @@ class KServeAdapter:
         _refuse_raw(namespace, name, mode)
 
         if action.create:
-            body = _manifest(manifest, with_uid=False)
-            body["apiVersion"] = api_version
-            if action.canary_percent is not None:
-                body = with_canary_percent(body, action.component, action.canary_percent, api_version)
+            body = api.create_body(manifest, action.component, action.canary_percent)
             with api_call(f"create InferenceService {namespace}/{name}"):
                 created = self._api.create_namespaced_custom_object(
                     api.group, api.version, namespace, api.plural, body, _request_timeout=self._timeout
                 )
             return _generation(_as_object(created))
 
-        patch = merge_patch(action.last_applied, manifest)
         if action.canary_percent is not None:
-            patch = with_canary_percent(patch, action.component, action.canary_percent, api_version)
-        self._guard(api, namespace, name)
+            check_percent(action.canary_percent)  # before any I/O
+        live = self._guard(api, namespace, name)
+        patch = api.apply_patch(action.last_applied, manifest, action.component, action.canary_percent, live)
+        if patch is None:
+            return _generation(live)
         return self._patch(api, namespace, name, patch, "apply spec to")
 
     def set_traffic(self, namespace: str, name: str, component: str, percent: int,
@@ -162,14 +368,33 @@ class KServeAdapter:
         return self._patch(api, namespace, name, patch, f"set {component} traffic to {percent}% on")
 
     def promote(self, namespace: str, name: str, component: str, api_version: str = V1BETA1) -> int:
-        """All traffic to the new revision. Not guarded: dropping the field is harmless in any mode."""
+        """All traffic to the new revision, or the next write towards it (v1alpha2 takes several: call
+        again while the live service still has a canary percent). Not guarded: harmless in any mode."""
         api = strategy_for(api_version)
-        return self._patch(api, namespace, name, api.promote_patch(component), f"promote {component} of")
+        live = self._get(api, namespace, name)
+        if live is None:
+            raise NotFound(f"InferenceService {namespace}/{name} does not exist", status=404, reason="NotFound")
+        patch = api.promote_patch(component, live)
+        if patch is None:
+            return _generation(live)
+        return self._patch(api, namespace, name, patch, f"promote {component} of")
 
     def rollback(self, namespace: str, name: str, component: str, api_version: str = V1BETA1) -> int:
         """All traffic back to the previous revision. Not guarded: it must always be possible."""
         api = strategy_for(api_version)
         return self._patch(api, namespace, name, api.rollback_patch(component), f"roll back {component} of")
+
+    def delete(self, namespace: str, name: str, api_version: str = V1BETA1) -> bool:
+        """Prune: delete the service (False when it was already gone)."""
+        api = strategy_for(api_version)
+        try:
+            with api_call(f"delete InferenceService {namespace}/{name}"):
+                self._api.delete_namespaced_custom_object(
+                    api.group, api.version, namespace, api.plural, name, _request_timeout=self._timeout
+                )
+        except NotFound:
+            return False
+        return True
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def _get(self, api: ServiceApi, namespace: str, name: str) -> dict[str, Any] | None:
@@ -182,13 +407,14 @@ class KServeAdapter:
             return None
         return _as_object(obj)
 
-    def _guard(self, api: ServiceApi, namespace: str, name: str) -> None:
-        """Refuse before writing when the live service is in RawDeployment mode (or gone)."""
+    def _guard(self, api: ServiceApi, namespace: str, name: str) -> dict[str, Any]:
+        """The live service; refuses before writing when it is in RawDeployment mode (or gone)."""
         obj = self._get(api, namespace, name)
         if obj is None:
             raise NotFound(f"InferenceService {namespace}/{name} does not exist", status=404,
                            reason="NotFound")
         _refuse_raw(namespace, name, _deployment_mode(obj))
+        return obj
 
     def _patch(self, api: ServiceApi, namespace: str, name: str, patch: dict[str, Any], what: str) -> int:
         log.debug("merge patch %s/%s: %s", namespace, name, patch)
@@ -245,6 +471,7 @@ def _component_status(comp: Mapping[str, Any]) -> ComponentStatus:
                 percent=int(t.get("percent") or 0),
                 latest=bool(t.get("latestRevision")),
                 tag=t.get("tag"),
+                url=t.get("url"),
             )
             for t in comp.get("traffic") or []
             if isinstance(t, Mapping)
@@ -262,6 +489,81 @@ def _conditions(items: list[Any]) -> dict[str, Condition]:
         for c in items
         if isinstance(c, Mapping) and c.get("type")
     }
+
+
+def _v1alpha2_percent(spec: Mapping[str, Any]) -> int | None:
+    """The canary's share as the engine sees it: the field, or 0 for a canary without one."""
+    value = spec.get(PERCENT_FIELD)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return 0 if isinstance(spec.get("canary"), Mapping) else None
+
+
+def _v1alpha2_condition(endpoint: str, component: str) -> str:
+    return f"{endpoint.capitalize()}{component.capitalize()}Ready"
+
+
+def _entry(status: Mapping[str, Any], endpoint: str, component: str) -> Mapping[str, Any]:
+    entries = status.get(endpoint)
+    entry = entries.get(component) if isinstance(entries, Mapping) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _entry_component(spec: Mapping[str, Any], endpoint: str) -> str:
+    """The component that receives an endpoint's traffic: its transformer, if it has one."""
+    part = spec.get(endpoint)
+    return "transformer" if isinstance(part, Mapping) and isinstance(part.get("transformer"), Mapping) else "predictor"
+
+
+def _v1alpha2_component(
+    status: Mapping[str, Any], conditions: Mapping[str, Condition], component: str, has_canary: bool
+) -> ComponentStatus:
+    """One component in v1beta1 terms: the canary's revision is the newest, the default's the rolled-out."""
+    default, canary = _entry(status, "default", component), _entry(status, "canary", component)
+
+    def ready(endpoint: str, entry: Mapping[str, Any]) -> str | None:
+        cond = conditions.get(_v1alpha2_condition(endpoint, component))
+        name = entry.get("name")
+        ok = cond is not None and cond.status == "True" and bool(entry.get("host")) and bool(name)
+        return str(name) if ok else None
+
+    default_name = str(default["name"]) if default.get("name") else None
+    canary_name = str(canary["name"]) if canary.get("name") else None
+    latest_created: str | None = default_name
+    latest_ready = ready("default", default)
+    if has_canary and canary_name:
+        latest_created, latest_ready = canary_name, ready("canary", canary) or latest_ready
+    traffic = []
+    if default_name:
+        traffic.append(TrafficTarget(revision=default_name, percent=_int(status.get("traffic")),
+                                     latest=canary_name is None, tag=None, url=_url(default)))
+    if canary_name:  # until KFServing has caught up, even when spec.canary is already gone
+        traffic.append(TrafficTarget(revision=canary_name, percent=_int(status.get("canaryTraffic")),
+                                     latest=True, tag="canary", url=_url(canary)))
+    return ComponentStatus(latest_created=latest_created, latest_ready=latest_ready,
+                           latest_rolledout=default_name, previous_rolledout=None, traffic=traffic)
+
+
+def _url(entry: Mapping[str, Any]) -> str | None:
+    """An endpoint's own host, to reach its revision whatever its share (a smoke test of the canary)."""
+    return f"http://{entry['host']}" if entry.get("host") else None
+
+
+def _transition_time(status: Mapping[str, Any], endpoint: str, component: str) -> str:
+    kind = _v1alpha2_condition(endpoint, component)
+    for c in status.get("conditions") or []:
+        if isinstance(c, Mapping) and c.get("type") == kind:
+            return str(c.get("lastTransitionTime") or "")
+    return ""
+
+
+def _later(a: str, b: str) -> bool:
+    """RFC 3339 UTC times compare as strings; an unknown time is never later."""
+    return bool(a and b and a > b)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _int_or_none(value: Any) -> int | None:

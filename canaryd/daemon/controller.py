@@ -12,21 +12,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from canaryd.adapters.events import EventRecorder
+from canaryd.adapters.hooks import WebhookCaller
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.adapters.statestore import Conflict, StateStore
 from canaryd.policy import PolicySpec
-from canaryd.rollout.engine import analysis_request, decide, in_force
+from canaryd.rollout.engine import analysis_request, decide, gate_requests, in_force
 from canaryd.rollout.model import (
     Action,
     ApplySpec,
+    CallWebhook,
+    DeleteService,
     Desired,
+    Notify,
     Observation,
     Promote,
     RecordEvent,
@@ -45,6 +50,15 @@ HOLD_ENV = "CANARYD_TEST_HOLD_DIR"
 HOLD_ON_ENV = "CANARYD_TEST_HOLD_ON"
 
 
+class NotifySink(Protocol):
+    def send(self, target_key: str, kind: str, message: str, fields: Mapping[str, str]) -> None: ...
+
+
+class _NoNotifier:
+    def send(self, target_key: str, kind: str, message: str, fields: Mapping[str, str]) -> None:
+        return None
+
+
 @dataclass
 class Adapters:
     """Everything a tick talks to, grouped so the controller does not pass six arguments around."""
@@ -53,6 +67,8 @@ class Adapters:
     store: StateStore
     events: EventRecorder
     prometheus: PrometheusSource
+    hooks: WebhookCaller = field(default_factory=WebhookCaller)
+    notifier: NotifySink = field(default_factory=_NoNotifier)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
@@ -70,17 +86,21 @@ class Controller:
         self._hold_dir = os.environ.get(HOLD_ENV)
         self._hold_on = os.environ.get(HOLD_ON_ENV, "")
         self.on_decision: list[Callable[[RolloutState, RolloutState], None]] = []
+        #: Called with the duration (seconds) of every Prometheus read, for canaryd's own metrics.
+        self.on_analysis: list[Callable[[float], None]] = []
 
-    def tick(self, target: TargetRef, desired: Desired | None, policy: PolicySpec | None) -> TickResult:
+    def tick(self, target: TargetRef, desired: Desired | None, policy: PolicySpec | None,
+             prune: bool = False) -> TickResult:
         """Reconcile one service; retries a few times when another writer changed its ModelRollout."""
         for _attempt in range(5):
             try:
-                return self._tick_once(target, desired, policy or self.default_policy)
+                return self._tick_once(target, desired, policy or self.default_policy, prune)
             except Conflict:
                 log.info("state conflict, re-reading", extra={"service": target.key})
         raise RuntimeError(f"{target.key}: ModelRollout kept changing under us (5 conflicts in a row)")
 
-    def _tick_once(self, target: TargetRef, desired: Desired | None, policy: PolicySpec) -> TickResult:
+    def _tick_once(self, target: TargetRef, desired: Desired | None, policy: PolicySpec,
+                   prune: bool) -> TickResult:
         now = self.a.clock()
         state = self.a.store.load(target.namespace, target.name)
         if state is None:
@@ -99,16 +119,20 @@ class Controller:
                 request.namespace, request.service, request.canary_revision, request.stable_revision,
                 list(p.analysis.metrics), request.window_s,
             )
-            log.debug("analysis query took %.3fs", time.monotonic() - started)
-        decision = decide(state, Observation(desired=desired, live=live, samples=samples), policy, now)
+            for observe in self.on_analysis:
+                observe(time.monotonic() - started)
+        gates = self.a.hooks.call_all(gate_requests(state, live, policy, now))
+        obs = Observation(desired=desired, live=live, samples=samples, gates=gates, prune=prune)
+        decision = decide(state, obs, policy, now)
         new = decision.state
         changed = new != state
         if changed:
             new = self.a.store.save(new)
         self._hold_point(target, decision.actions)
+        uid = (live.manifest.get("metadata") or {}).get("uid") if live is not None else None
         for action in decision.actions:
-            self._execute(new, action)
-        if changed or decision.log:
+            self._execute(new, action, uid)
+        if changed or any(not isinstance(a, RecordEvent) for a in decision.actions):
             log.info(
                 "decision",
                 extra={
@@ -136,22 +160,29 @@ class Controller:
         while not (d / "release").exists():
             time.sleep(0.05)
 
-    def _execute(self, state: RolloutState, action: Action) -> None:
+    def _execute(self, state: RolloutState, action: Action, uid: str | None) -> None:
         t = state.spec.target
         k = self.a.kserve
         match action:
             case ApplySpec():
                 k.apply(action)
             case SetTraffic(component=c, percent=pct):
-                k.set_traffic(t.namespace, t.name, c, pct)
+                k.set_traffic(t.namespace, t.name, c, pct, api_version=t.api_version)
             case Promote(component=c):
-                k.promote(t.namespace, t.name, c)
+                k.promote(t.namespace, t.name, c, api_version=t.api_version)
             case Rollback(component=c):
-                k.rollback(t.namespace, t.name, c)
+                k.rollback(t.namespace, t.name, c, api_version=t.api_version)
             case RecordEvent(reason=r, message=m, type=ty):
-                self.a.events.record(t, r, m, ty)
+                self.a.events.record(t, r, m, ty, uid=uid if isinstance(uid, str) else None)
+            case Notify(kind=kind, message=m, fields=f):
+                self.a.notifier.send(t.key, kind, m, f)
+            case CallWebhook(call=c):
+                self.a.hooks.fire(c)
+            case DeleteService(api_version=v, namespace=ns, name=n):
+                self.a.kserve.delete(ns, n, v)
+                self.a.store.delete(ns, n)  # the memory goes with the service: Git no longer has it
             case _:
-                log.debug("no executor for %s", type(action).__name__)
+                log.warning("no executor for %s", type(action).__name__)
 
 
 def _describe(action: Action) -> str:

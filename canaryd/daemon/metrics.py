@@ -26,6 +26,9 @@ class Metrics:
                                    ["namespace", "service", "phase"], registry=r)
         self.ticks = Histogram("canaryd_tick_duration_seconds", "Duration of one reconcile tick", registry=r,
                                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.analysis_duration = Histogram("canaryd_analysis_duration_seconds",
+                                           "Duration of the Prometheus queries of one analysis", registry=r,
+                                           buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
         self.tick_errors = Counter("canaryd_tick_errors_total", "Reconcile ticks that raised", ["namespace", "service"],
                                    registry=r)
         self.syncs = Counter("canaryd_git_syncs_total", "Config repo syncs by result", ["result"], registry=r)
@@ -33,7 +36,11 @@ class Metrics:
                                "Unix time of the last successful config repo sync", registry=r)
         self.config_errors = Gauge("canaryd_config_errors", "Invalid documents in the config repo at the last sync",
                                    registry=r)
+        self.drift = Counter("canaryd_drift_total", "Live changes made outside canaryd, detected and corrected",
+                             ["namespace", "service"], registry=r)
         self.services = Gauge("canaryd_desired_services", "Services declared in the config repo", registry=r)
+        self.webhook_requests = Counter("canaryd_webhook_requests_total", "POST /hooks/git requests by result",
+                                        ["provider", "result"], registry=r)
         self._phases: dict[str, Phase] = {}
         for p in Phase:
             self.rollouts.labels(str(p)).set(0)
@@ -47,5 +54,7 @@ class Metrics:
         self.weight.labels(t.namespace, t.name).set(new.status.weight)
         if new.status.analyses_run > old.status.analyses_run and new.status.analyses:
             self.analyses.labels(t.namespace, t.name, new.status.analyses[-1].verdict.outcome).inc()
+        if new.status.drift_count > old.status.drift_count:
+            self.drift.labels(t.namespace, t.name).inc(new.status.drift_count - old.status.drift_count)
         if new.status.phase != old.status.phase or len(new.status.history) != len(old.status.history):
             self.transitions.labels(t.namespace, t.name, str(new.status.phase)).inc()

@@ -17,6 +17,7 @@ from canaryd.adapters.events import EventRecorder
 from canaryd.adapters.git import GitSource, GitSyncError
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.kube import make_api_client
+from canaryd.adapters.notify import Notifier
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.adapters.statestore import StateStore
 from canaryd.config import Settings
@@ -43,10 +44,12 @@ class Daemon:
             else None
         self.store = StateStore(api)
         self.kserve = KServeAdapter(api)
+        self.notifier = Notifier(settings.notifications)
         self.adapters = Adapters(
             kserve=self.kserve,
             store=self.store,
             events=EventRecorder(api),
+            notifier=self.notifier,
             prometheus=PrometheusSource(
                 p.url, timeout_s=p.timeout_s, bearer_token_file=p.bearer_token_file, basic_auth=basic,
                 ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s,
@@ -56,18 +59,24 @@ class Daemon:
         self.controller = Controller(self.adapters, self.default_policy)
         self.metrics = Metrics()
         self.controller.on_decision.append(self.metrics.observe_state)
+        self.controller.on_analysis.append(self.metrics.analysis_duration.observe)
         r = settings.repo
-        self.git = GitSource(r.url, branch=r.branch, workdir=r.workdir, paths=r.paths, depth=r.depth)
+        self.git = GitSource(r.url, branch=r.branch, workdir=r.workdir, paths=r.paths, depth=r.depth,
+                             username=r.username, token_file=r.token_file, ssh_key_file=r.ssh_key_file,
+                             known_hosts_file=r.known_hosts_file, fetch_retries=r.fetch_retries)
         self.sched = TickScheduler(self._tick, workers=settings.workers)
         self.desired: dict[ServiceKey, DesiredService] = {}
         self.commit: str | None = None
         self._reported: set[str] = set()
         self._synced = False
+        self._prune_safe = False
         self._api_ok_at: float | None = None
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
         self.server = ThreadedServer(
-            make_app(self.metrics.registry, self._healthy, self._ready),
+            make_app(self.metrics.registry, self._healthy, self._ready, webhook=settings.webhook,
+                     branch=settings.repo.branch, on_push=self.request_sync,
+                     webhook_requests=self.metrics.webhook_requests),
             host=settings.server.host, port=settings.server.port, name="canaryd-http",
         )
 
@@ -123,6 +132,7 @@ class Daemon:
                        if (new.get(k) is None) != (self.desired.get(k) is None)
                        or (k in new and k in self.desired and new[k].spec_hash != self.desired[k].spec_hash)}
             first = not self._synced
+            self._prune_safe = ds.prune_safe
             self.desired = new
             self.commit = result.commit
             self.metrics.services.set(len(new))
@@ -142,8 +152,11 @@ class Daemon:
         except Exception as exc:
             log.warning("could not list ModelRollouts", extra={"error": str(exc)})
             return
+        allowed = set(self.settings.kubernetes.namespaces)
         for st in states:
             key = ServiceKey(st.spec.target.namespace, st.spec.target.name)
+            if allowed and key.namespace not in allowed:
+                continue  # another shard's (or nobody's) business: never act outside our namespaces
             if key not in self.desired:
                 log.warning("service has a ModelRollout but is no longer in Git; leaving it running (no prune)",
                             extra={"service": str(key)})
@@ -166,9 +179,11 @@ class Daemon:
         target = TargetRef(api_version=api_version, namespace=ns, name=name)
         started = time.monotonic()
         try:
-            result = self.controller.tick(target, desired, d.policy if d else None)
-        except Exception:
+            prune = d is None and self.settings.prune and self._prune_safe
+            result = self.controller.tick(target, desired, d.policy if d else None, prune=prune)
+        except Exception as exc:
             self.metrics.tick_errors.labels(ns, name).inc()
+            self.notifier.send(key_text, "error", f"reconcile failed: {type(exc).__name__}: {exc}"[:500], {})
             raise
         finally:
             self.metrics.ticks.observe(time.monotonic() - started)
@@ -192,6 +207,7 @@ class Daemon:
     def stop(self) -> None:
         log.info("canaryd stopping")
         self.sched.shutdown(wait=True)
+        self.notifier.close(timeout=5)
         self.server.stop()
 
     def run_forever(self) -> int:

@@ -1,22 +1,29 @@
-"""canaryd's HTTP endpoints: /healthz, /readyz and /metrics (the push webhook joins them later).
+"""canaryd's HTTP endpoints: /healthz, /readyz, /metrics and the push webhook POST /hooks/git.
 
 /healthz means "the process is alive and its scheduler runs"; /readyz means "it has synced the config
-repo at least once and the Kubernetes API answered recently" — the two facts a rollout needs.
+repo at least once and the Kubernetes API answered recently" — the two facts a rollout needs. The webhook
+lives in `webhook.py`; here it is only mounted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from canaryd.config import WebhookSettings
+from canaryd.daemon.webhook import GitWebhook
+
 
 def make_app(registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]],
-             ready: Callable[[], tuple[bool, str]]) -> Starlette:
+             ready: Callable[[], tuple[bool, str]], *, webhook: WebhookSettings | None = None,
+             branch: str = "main", on_push: Callable[[], None] | None = None,
+             webhook_requests: Counter | None = None) -> Starlette:
+    """With `webhook` and `on_push` (the daemon's `request_sync`), POST /hooks/git is served too."""
     async def healthz(_: Request) -> Response:
         ok, why = healthy()
         return PlainTextResponse(why, status_code=200 if ok else 503)
@@ -28,8 +35,12 @@ def make_app(registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(routes=[
+    routes = [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-    ])
+    ]
+    if webhook is not None and on_push is not None:
+        routes.append(Route("/hooks/git", GitWebhook(webhook, branch, on_push, webhook_requests).handle,
+                             methods=["POST"]))
+    return Starlette(routes=routes)

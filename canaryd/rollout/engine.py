@@ -17,18 +17,24 @@ the next rollout.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from canaryd.analysis.judge import judge
-from canaryd.analysis.samples import Verdict
-from canaryd.apply import already_applied, subset_matches
-from canaryd.policy import PolicySpec, spec_from_snapshot
+from canaryd.analysis.samples import MetricVerdict, Verdict
+from canaryd.apply import already_applied, spec_differences, subset_matches
+from canaryd.policy import PolicySpec, Webhook, spec_from_snapshot
 from canaryd.rollout.model import (
     Action,
     AnalysisRequest,
     ApplySpec,
+    CallWebhook,
     Decision,
+    DeleteService,
     Desired,
+    GateCall,
+    GateResult,
     LiveService,
+    Notify,
     Observation,
     Promote,
     RecordEvent,
@@ -43,6 +49,14 @@ POLL_S = 2.0
 IDLE_RECHECK_S = 60.0
 
 _ANALYSING = (Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION)
+
+#: Transition reasons that people want to hear about (Slack, webhooks), and under which kind.
+_NOTIFY = {
+    "RolloutStarted": "started", "Superseded": "started", "CanaryReady": "step", "StepAdvanced": "step",
+    "Promoted": "promoted", "WaitingPromotion": "waiting", "Paused": "paused", "Resumed": "resumed",
+    "UnsupportedDeploymentMode": "error",
+    "ServiceMissing": "error", "DriftCorrected": "drift",
+}
 
 
 def in_force(state: RolloutState, policy: PolicySpec) -> PolicySpec:
@@ -79,6 +93,50 @@ def _window_start(state: RolloutState, p: PolicySpec) -> datetime | None:
     return max(st.step_started_at, st.ready_at + timedelta(seconds=p.analysis.warmup_s))
 
 
+def ready_candidate(state: RolloutState, live: LiveService) -> str | None:
+    """The revision canaryd created for this rollout, once it is Ready (else None).
+
+    Not gated on status.observedGeneration: real KServe copies the Knative Service's generation there,
+    which drifts from the InferenceService's (kserve#6081), so it can lag forever.
+    """
+    comp = live.component(state.spec.component)
+    candidate = comp.latest_created
+    if candidate is None or candidate == state.status.baseline_created_revision or comp.latest_ready != candidate:
+        return None
+    return candidate
+
+
+def gate_requests(state: RolloutState, live: LiveService | None, policy: PolicySpec, now: datetime
+                  ) -> list[GateCall]:
+    """The webhooks the controller must call before `decide` (their answers go into the observation)."""
+    p = in_force(state, policy)
+    st = state.status
+    if not p.webhooks or live is None or state.spec.control.paused:
+        return []
+    if st.phase == Phase.INITIALIZING:
+        candidate = ready_candidate(state, live)
+        if st.pre_rollout_passed or candidate is None:
+            return []
+        return [_call(state, live, w, candidate) for w in p.hooks("pre-rollout")]
+    if analysis_request(state, p, now) is None:
+        return []
+    kinds = ["rollout", "rollback"] + (["confirm-promotion"] if st.phase == Phase.WAITING_PROMOTION else [])
+    return [_call(state, live, w, st.canary_revision) for k in kinds for w in p.hooks(k)]
+
+
+def _call(state: RolloutState, live: LiveService | None, hook: Webhook, canary: str | None) -> GateCall:
+    st = state.status
+    t = state.spec.target
+    comp = live.component(state.spec.component) if live is not None else None
+    payload: dict[str, Any] = {
+        "name": t.name, "namespace": t.namespace, "apiVersion": t.api_version, "component": state.spec.component,
+        "type": hook.type, "phase": str(st.phase), "commit": state.spec.commit, "specHash": state.spec.spec_hash,
+        "canaryRevision": canary, "stableRevision": st.stable_revision, "weight": st.weight,
+        "canaryUrl": comp.url_of(canary) if comp is not None else None, "metadata": dict(hook.metadata),
+    }
+    return GateCall(hook.name, hook.type, hook.url, hook.timeout_s, hook.retries, payload)
+
+
 def decide(state: RolloutState, obs: Observation, policy: PolicySpec, now: datetime) -> Decision:
     """The next state and the actions that move the live service towards it."""
     return _Tick(state, obs, policy, now).run()
@@ -108,8 +166,23 @@ class _Tick:
         self.actions.append(RecordEvent(reason, message, "Warning" if warning else "Normal"))
 
     def move(self, phase: Phase, reason: str, message: str, *, warning: bool = False, **status: object) -> None:
+        ending = self.state.status.phase in (Phase.PROMOTING, Phase.ROLLING_BACK)
         self.state = self.state.transition(phase, now=self.now, reason=reason, message=message, **status)
         self.event(reason, message, warning)
+        if ending and phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
+            for hook in self.p.hooks("post-rollout"):
+                self.actions.append(CallWebhook(_call(self.state, self.obs.live, hook,
+                                                      self.state.status.canary_revision)))
+        if phase == Phase.ROLLING_BACK:
+            kind: str | None = "aborted" if reason in ("AbortRequested", "Superseded") else "rolled-back"
+        else:
+            kind = _NOTIFY.get(reason)
+        if kind is not None:
+            st = self.state.status
+            self.actions.append(Notify(kind, message, {
+                "phase": str(phase), "weight": f"{st.weight}%", "commit": _short(self.state.spec.commit),
+                "canary": st.canary_revision or "-", "stable": st.stable_revision or "-", "reason": reason,
+            }))
         self.log.setdefault("transitions", [])
         assert isinstance(self.log["transitions"], list)
         self.log["transitions"].append(f"{phase}: {reason}")
@@ -128,19 +201,18 @@ class _Tick:
         desired, live = self.obs.desired, self.obs.live
         st = self.state.status
         if desired is None:
-            # Gone from Git: the service is left running (no prune), but an unfinished canary must not
-            # keep its traffic without analysis: take it away.
-            if live is not None and (st.phase in _ANALYSING or st.phase == Phase.INITIALIZING):
-                return self._abort_for("the service was removed from Git")
-            if live is not None and st.phase == Phase.PROMOTING:
-                return self._promoting(live)
-            if live is not None and st.phase == Phase.ROLLING_BACK:
-                return self._rolling_back(live)
-            self.schedule(self.later(IDLE_RECHECK_S))
-            return self.done()
+            return self._gone_from_git(live)
+        control = self._control(live)
+        if control is not None:
+            return control
         if live is None:
             return self._create(desired)
+        st = self.state.status  # _control may have resumed the rollout
         if desired.spec_hash != self.state.spec.spec_hash:
+            if self.state.spec.control.paused:
+                self.log["paused"] = "new commit waits: rollouts of this service are paused"
+                self.schedule(self.later(IDLE_RECHECK_S))
+                return self.done()
             return self._new_desired(desired, live)
         handler = {
             Phase.INITIALIZING: self._initializing,
@@ -149,17 +221,113 @@ class _Tick:
             Phase.WAITING_PROMOTION: self._analysing,
             Phase.PROMOTING: self._promoting,
             Phase.ROLLING_BACK: self._rolling_back,
+            Phase.PAUSED: self._paused,
         }.get(st.phase)
         if handler is None:
             return self._idle(live)
         return handler(live)
 
+    def _gone_from_git(self, live: LiveService | None) -> Decision:
+        """Left running (no prune by default), but an unfinished canary must not keep its traffic
+        without analysis: take it away. With prune, delete the service once nothing is in flight."""
+        st = self.state.status
+        if live is not None and (st.phase in _ANALYSING or st.phase in (Phase.INITIALIZING, Phase.PAUSED)):
+            return self._abort_for("the service was removed from Git")
+        if live is not None and st.phase == Phase.PROMOTING:
+            return self._promoting(live)
+        if live is not None and st.phase == Phase.ROLLING_BACK:
+            return self._rolling_back(live)
+        t = self.state.spec.target
+        if self.obs.prune and live is not None:
+            self.actions.append(DeleteService(t.api_version, t.namespace, t.name))
+            self.event("Pruned", "removed from Git and prune is on: deleting the InferenceService", warning=True)
+        self.log["gone_from_git"] = "pruned" if self.obs.prune else "left running (prune is off)"
+        self.schedule(self.later(IDLE_RECHECK_S))
+        return self.done()
+
+    # -- operator requests -------------------------------------------------------------------------
+    def _control(self, live: LiveService | None) -> Decision | None:
+        """Pause, resume, promote and abort, as recorded in the ModelRollout by the CLI."""
+        c = self.state.spec.control
+        st = self.state.status
+        spec_hash = self.state.spec.spec_hash
+        if live is None:
+            return None
+        if c.abort is not None and c.abort == spec_hash and (st.phase in ACTIVE and st.phase != Phase.ROLLING_BACK):
+            self.actions.append(Rollback(self.comp))
+            self.move(Phase.ROLLING_BACK, "AbortRequested", "an operator aborted the rollout; taking all traffic"
+                      f" back to {st.stable_revision}", warning=True, weight=0, paused_from=None)
+            self.schedule(self.later(POLL_S))
+            return self.done()
+        if c.paused and st.phase in ACTIVE and st.phase not in (Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK):
+            self.move(Phase.PAUSED, "Paused", f"paused by an operator at {st.weight}%; traffic held",
+                      paused_from=st.phase)
+            self.schedule(self.later(IDLE_RECHECK_S))
+            return self.done()
+        if not c.paused and st.phase == Phase.PAUSED:
+            back = st.paused_from or Phase.PROGRESSING
+            # The clocks restart: a paused step or deadline must not expire the moment it resumes.
+            self.move(back, "Resumed", f"resumed by an operator at {st.weight}%", paused_from=None,
+                      step_started_at=self.now if st.step_started_at else None,
+                      rollout_started_at=self.now, hold_since=self.now if st.hold_since else None,
+                      next_check_at=self.now)
+            return None
+        if (c.promote is not None and c.promote == spec_hash and st.phase in _ANALYSING
+                and st.canary_revision is not None):
+            return self._promote("an operator requested promotion")
+        return None
+
+    def _paused(self, live: LiveService) -> Decision:
+        st = self.state.status
+        if st.paused_from in _ANALYSING and live.canary_percent != st.weight:
+            self.actions.append(SetTraffic(self.comp, st.weight))  # hold the traffic where it was
+        self.schedule(self.later(IDLE_RECHECK_S))
+        return self.done()
+
     def _idle(self, live: LiveService) -> Decision:
+        st = self.state.status
         comp = live.component(self.comp)
         stable = comp.latest_rolledout or comp.latest_ready
-        if self.state.status.phase == Phase.SUCCEEDED and stable and stable != self.state.status.stable_revision:
+        if st.phase == Phase.SUCCEEDED and stable and stable != st.stable_revision and live.canary_percent is None:
             self.state = self.state.evolve(stable_revision=stable)
+        if st.phase == Phase.SUCCEEDED and self.state.spec.last_applied is not None:
+            drift = self._drift(live, expect_percent=None)
+            if drift:
+                return self._correct_drift(live, drift)
         self.schedule(self.later(IDLE_RECHECK_S))
+        return self.done()
+
+    def _drift(self, live: LiveService, expect_percent: int | None) -> str | None:
+        """What differs between the live service and what canaryd applied (None = no drift)."""
+        manifest = self.state.spec.last_applied or {}
+        found = spec_differences(manifest, live.manifest)
+        if live.canary_percent != expect_percent:
+            found.append(f"canaryTrafficPercent is {live.canary_percent}, canaryd set {expect_percent}")
+        return ", ".join(found[:8]) if found else None
+
+    def _correct_drift(self, live: LiveService, drift: str) -> Decision:
+        """Someone changed the service outside Git. Re-assert Git's spec; a spec change goes through a
+        canary like any other (the drifted revision is what serves now), a stray percent is removed."""
+        st = self.state.status
+        self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
+        manifest = self.state.spec.last_applied or {}
+        self.actions.append(Notify("drift", f"live service differs from Git: {drift}", {"drift": drift}))
+        if subset_matches(manifest, live.manifest):
+            self.event("DriftCorrected", f"live service differed from Git ({drift}); removed the stray percent",
+                       warning=True)
+            self.actions.append(Promote(self.comp))
+            self.schedule(self.later(POLL_S))
+            return self.done()
+        comp = live.component(self.comp)
+        stable = comp.latest_rolledout or comp.latest_ready
+        self.actions.append(ApplySpec(manifest, manifest, self.comp, 0))
+        self.move(Phase.INITIALIZING, "DriftCorrected",
+                  f"live service differed from Git ({drift}); re-applying Git's spec through a canary",
+                  warning=True, step=-1, weight=0, canary_revision=None, stable_revision=stable,
+                  baseline_created_revision=comp.latest_created, failed_analyses=0, inconclusive_in_row=0,
+                  rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None,
+            pre_rollout_passed=False, analyses=[])
+        self.schedule(self.later(POLL_S))
         return self.done()
 
     # -- starting ----------------------------------------------------------------------------------
@@ -250,7 +418,8 @@ class _Tick:
             f" stable revision {stable}",
             step=-1, weight=0, canary_revision=None, stable_revision=stable,
             baseline_created_revision=baseline, failed_analyses=0, inconclusive_in_row=0,
-            rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None, analyses=[],
+            rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None,
+            pre_rollout_passed=False, analyses=[],
         )
         self.schedule(self.later(POLL_S))
         return self.done()
@@ -277,14 +446,20 @@ class _Tick:
             self.state = self.state.evolve(baseline_created_revision=comp.latest_created)
             self.schedule(self.later(min(POLL_S, self.p.analysis.every_s)))
             return self._check_deadline(live)
-        candidate = comp.latest_created
-        # Not gated on status.observedGeneration: real KServe copies the Knative Service's generation
-        # there, which drifts from the InferenceService's (kserve#6081), so it can lag forever.
-        new_ready = (
-            candidate is not None and candidate != st.baseline_created_revision and comp.latest_ready == candidate
-        )
+        candidate = ready_candidate(self.state, live)
         p = self.p
-        if new_ready and candidate is not None:
+        if candidate is not None and p.hooks("pre-rollout") and not st.pre_rollout_passed:
+            results = [g for g in self.obs.gates if g.type == "pre-rollout"]
+            if not results:
+                self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
+                return self._check_deadline(live)
+            failed = [g for g in results if not g.ok]
+            if failed:
+                self.state = self.state.evolve(canary_revision=candidate)
+                return self._rollback("PreRolloutFailed", "; ".join(g.summary for g in failed))
+            self.state = self.state.evolve(pre_rollout_passed=True)
+            self.event("PreRolloutPassed", "; ".join(g.summary for g in results))
+        if candidate is not None:
             first = p.steps[0]
             self.state = self.state.evolve(spec={"previous_applied": None})
             self.actions.append(SetTraffic(self.comp, first))
@@ -316,11 +491,20 @@ class _Tick:
     def _analysing(self, live: LiveService) -> Decision:
         st = self.state.status
         p = self.p
+        if not subset_matches(self.state.spec.last_applied or {}, live.manifest):
+            # A foreign edit made a new revision, which now takes the canary share (KServe gives it to the
+            # newest Ready revision): the analysis would judge the wrong one. Start over with Git's spec.
+            return self._correct_drift(live, ", ".join(spec_differences(self.state.spec.last_applied or {},
+                                                                         live.manifest)[:8]))
         if live.canary_percent != st.weight:
             # Live traffic differs from the intent (a crash after saving the state, or someone else's
             # write): re-assert it. Absolute, so repeating it is harmless.
             self.actions.append(SetTraffic(self.comp, st.weight))
             self.log["reasserted_weight"] = st.weight
+            if live.canary_percent is not None and st.weight not in (0,) and live.reconciled:
+                drift = f"canaryTrafficPercent is {live.canary_percent}, canaryd set {st.weight}"
+                self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
+                self.event("DriftCorrected", f"{drift}; set back to {st.weight}%", warning=True)
         request = analysis_request(self.state, p, self.now)
         if request is None:
             if st.next_check_at is None or st.next_check_at <= self.now:
@@ -332,7 +516,10 @@ class _Tick:
         if samples is None:
             self.schedule(self.later(p.analysis.every_s))
             return self.done()
-        verdict = judge(samples, p.analysis)
+        verdict = _with_gates(judge(samples, p.analysis), self.obs.gates)
+        rollback_yes = [g for g in self.obs.gates if g.type == "rollback" and g.ok]
+        if rollback_yes:
+            return self._rollback("RollbackWebhook", "; ".join(g.summary for g in rollback_yes))
         self.state = self.state.with_analysis(AnalysisRecord(
             at=self.now, step=st.step, weight=st.weight, canary_revision=st.canary_revision, verdict=verdict))
         self.log["verdict"] = verdict.summary
@@ -379,9 +566,14 @@ class _Tick:
         st = self.state.status
         p = self.p
         self.state = self.state.evolve(inconclusive_in_row=0)
+        self.event("AnalysisPassed", f"analysis passed at {st.weight}%: {verdict.summary}")
         if st.phase == Phase.HOLDING:
             self.move(Phase.PROGRESSING, "Resumed", f"analysis passed again: {verdict.summary}", hold_since=None)
         if st.phase == Phase.WAITING_PROMOTION:
+            confirms = [g for g in self.obs.gates if g.type == "confirm-promotion"]
+            if p.hooks("confirm-promotion") and confirms and all(g.ok for g in confirms):
+                return self._promote("confirm-promotion webhooks said yes: "
+                                     + "; ".join(g.summary for g in confirms))
             return self.done()
         elapsed = (self.now - (st.step_started_at or self.now)).total_seconds()
         if elapsed < p.interval_s:
@@ -394,7 +586,7 @@ class _Tick:
                       f"step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
                       step=nxt, weight=weight, step_started_at=self.now)
             return self.done()
-        if p.gates.confirm_promotion:
+        if p.gates.confirm_promotion or p.hooks("confirm-promotion"):
             self.move(Phase.WAITING_PROMOTION, "WaitingPromotion",
                       f"all steps passed; waiting for confirmation to promote; {verdict.summary}")
             return self.done()
@@ -408,14 +600,13 @@ class _Tick:
         return self.done()
 
     def _promoting(self, live: LiveService) -> Decision:
-        st = self.state.status
-        comp = live.component(self.comp)
         if live.canary_percent is not None:
             self.actions.append(Promote(self.comp))  # not visible yet, or reset by someone: again
-        if comp.latest_rolledout == st.canary_revision and comp.percent_of(st.canary_revision) == 100:
+        promoted = _promoted_revision(self.state, live)
+        if promoted is not None:
             self.move(Phase.SUCCEEDED, "Promoted",
-                      f"revision {st.canary_revision} serves 100% (commit {_short(self.state.spec.commit)})",
-                      stable_revision=st.canary_revision, canary_revision=None, step=-1, weight=100)
+                      f"revision {promoted} serves 100% (commit {_short(self.state.spec.commit)})",
+                      stable_revision=promoted, canary_revision=None, step=-1, weight=100)
             self.schedule(self.later(IDLE_RECHECK_S))
             return self.done()
         self.schedule(self.later(POLL_S))
@@ -432,9 +623,9 @@ class _Tick:
     def _rolling_back(self, live: LiveService) -> Decision:
         st = self.state.status
         comp = live.component(self.comp)
-        if live.canary_percent != 0:
+        if live.canary_percent not in (0, None):
             self.actions.append(Rollback(self.comp))
-        if live.canary_percent == 0 and comp.percent_of(st.canary_revision) == 0:
+        if live.canary_percent in (0, None) and comp.percent_of(st.canary_revision) == 0:
             spec_hash = self.state.spec.spec_hash
             if spec_hash in st.failed_spec_hashes:
                 self.move(Phase.FAILED, "RolledBack",
@@ -446,6 +637,34 @@ class _Tick:
             return self.done()
         self.schedule(self.later(POLL_S))
         return self.done()
+
+
+def _with_gates(verdict: Verdict, gates: list[GateResult]) -> Verdict:
+    """A failed `rollout` webhook fails the analysis, with its answer among the reasons."""
+    failed = [g for g in gates if g.type == "rollout" and not g.ok]
+    if not failed:
+        return verdict
+    extra = [MetricVerdict(name=f"webhook:{g.name}", outcome="fail", reason=g.summary) for g in failed]
+    return verdict.model_copy(update={"outcome": "fail", "metrics": [*verdict.metrics, *extra]})
+
+
+def _promoted_revision(state: RolloutState, live: LiveService) -> str | None:
+    """The revision that serves the promoted spec at 100 %, once the promotion is visible (None before).
+
+    Usually the canary itself (KServe v1beta1). Some APIs promote by making another revision of the same
+    spec (KFServing v1alpha2 copies spec.canary into spec.default, whose new revision takes over): then it
+    is done when no canary percent is left, the live spec is the one applied, and the rolled-out revision
+    is Ready and serves everything.
+    """
+    st = state.status
+    comp = live.component(state.spec.component)
+    if comp.latest_rolledout == st.canary_revision and comp.percent_of(st.canary_revision) == 100:
+        return st.canary_revision
+    rolled = comp.latest_rolledout
+    if (live.canary_percent is None and rolled is not None and comp.latest_ready == rolled
+            and comp.percent_of(rolled) == 100 and subset_matches(state.spec.last_applied or {}, live.manifest)):
+        return rolled
+    return None
 
 
 def _add(items: list[str], item: str | None) -> list[str]:

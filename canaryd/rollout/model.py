@@ -28,6 +28,7 @@ class TrafficTarget(_Frozen):
     percent: int
     latest: bool = False
     tag: str | None = None
+    url: str | None = None
 
 
 class Condition(_Frozen):
@@ -47,6 +48,10 @@ class ComponentStatus(_Frozen):
         if revision is None:
             return 0
         return sum(t.percent for t in self.traffic if t.revision == revision)
+
+    def url_of(self, revision: str | None) -> str | None:
+        """The revision's own tag URL (KServe tag routing), to reach it before it has any traffic."""
+        return next((t.url for t in self.traffic if t.revision == revision and t.url), None)
 
 
 class LiveService(_Frozen):
@@ -84,10 +89,30 @@ class Desired(_Frozen):
     policy_source: str | None = None
 
 
+class GateResult(_Frozen):
+    """The answer of one webhook call (after its retries): ok = a 2xx answer."""
+
+    name: str
+    type: str
+    ok: bool
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        what = f"HTTP {self.status}" if self.status is not None else (self.error or "no answer")
+        if self.error and self.status is not None:
+            what += f" ({self.error})"
+        return f"{self.type} webhook {self.name}: {'ok' if self.ok else 'failed'}: {what}"
+
+
 class Observation(_Frozen):
     desired: Desired | None
     live: LiveService | None
     samples: AnalysisSamples | None = None
+    gates: list[GateResult] = Field(default_factory=list)
+    #: The service is absent from a complete, error-free Git read and `prune: true` is configured.
+    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +124,18 @@ class AnalysisRequest:
     canary_revision: str
     stable_revision: str | None
     window_s: float
+
+
+@dataclass(frozen=True)
+class GateCall:
+    """One webhook the controller must call before `decide` (gates) or after it (post-rollout)."""
+
+    name: str
+    type: str
+    url: str
+    timeout_s: float
+    retries: int
+    payload: dict[str, Any]
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -144,11 +181,31 @@ class RecordEvent:
 
 @dataclass(frozen=True)
 class Notify:
+    """A message for humans (Slack, webhooks); kind: started, step, promoted, rolled-back, waiting, aborted,
+    paused, resumed, drift, error."""
+
     kind: str
     message: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
-Action = ApplySpec | SetTraffic | Promote | Rollback | RecordEvent | Notify
+@dataclass(frozen=True)
+class DeleteService:
+    """Prune: the service left Git and `prune: true` is set."""
+
+    api_version: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class CallWebhook:
+    """Fire-and-forget hook (post-rollout): its answer changes nothing."""
+
+    call: GateCall
+
+
+Action = ApplySpec | SetTraffic | Promote | Rollback | RecordEvent | Notify | DeleteService | CallWebhook
 
 
 @dataclass(frozen=True)

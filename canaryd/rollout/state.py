@@ -111,6 +111,16 @@ class HistoryRecord(_Frozen):
     commit: str | None = None
 
 
+class Control(_Frozen):
+    """Operator requests (`canaryd pause|resume|promote|abort`), kept in the ModelRollout's spec so they
+    survive restarts and a Git sync cannot undo them. `promote`/`abort` name the spec hash they were
+    given for, so a request never leaks into the next rollout."""
+
+    paused: bool = False
+    promote: str | None = None
+    abort: str | None = None
+
+
 class RolloutSpec(_Frozen):
     """What canaryd is rolling out: the ModelRollout's `spec`."""
 
@@ -124,6 +134,7 @@ class RolloutSpec(_Frozen):
     previous_applied: dict[str, Any] | None = Field(default=None, alias="previousApplied")
     policy: dict[str, Any] = Field(default_factory=dict)
     policy_source: str | None = Field(default=None, alias="policySource")
+    control: Control = Field(default_factory=Control)
 
 
 class RolloutStatus(_Frozen):
@@ -145,6 +156,10 @@ class RolloutStatus(_Frozen):
     step_started_at: datetime | None = Field(default=None, alias="stepStartedAt")
     hold_since: datetime | None = Field(default=None, alias="holdSince")
     next_check_at: datetime | None = Field(default=None, alias="nextCheckAt")
+    pre_rollout_passed: bool = Field(default=False, alias="preRolloutPassed")
+    paused_from: Phase | None = Field(default=None, alias="pausedFrom")
+    drift_count: int = Field(default=0, alias="driftCount")
+    last_drift: str | None = Field(default=None, alias="lastDrift")
     message: str = ""
     last_verdict: str | None = Field(default=None, alias="lastVerdict")
     analyses: list[AnalysisRecord] = Field(default_factory=list)

@@ -19,6 +19,7 @@ from canaryd.sandbox.dataplane import DataPlane
 from canaryd.sandbox.gitrepo import ConfigRepo
 from canaryd.sandbox.kserve import KServeEmulator
 from canaryd.sandbox.kubeapi import KubeApiEmulator, load_crds
+from canaryd.sandbox.kubeapi.kfserving import install_kfserving_webhook
 from canaryd.sandbox.loadgen import LoadGenerator, Target
 from canaryd.sandbox.prometheus import PrometheusServer
 from canaryd.sandbox.scenario import Scenario
@@ -26,6 +27,7 @@ from canaryd.sandbox.scenario import Scenario
 PACKAGE = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE.parents[1]
 LITE_CRD = PACKAGE / "crds" / "inferenceservice-lite.yaml"
+KFSERVING_LITE_CRD = PACKAGE / "crds" / "kfserving-lite.yaml"
 REVISION_CRD = PACKAGE / "crds" / "knative-revision.yaml"
 MODELROLLOUT_CRD = REPO_ROOT / "charts" / "canaryd" / "crds" / "modelrollout.yaml"
 
@@ -47,10 +49,17 @@ def real_kserve_crd() -> Path | None:
     return path if path and path.exists() else None
 
 
+def real_kfserving_crd() -> Path | None:
+    """KFServing 0.4.1's v1alpha2 CRD (an apiextensions v1beta1 document: its schema is used, as is)."""
+    s = shared_dir()
+    path = s / "kfserving" / "serving.kubeflow.org_inferenceservices.yaml" if s else None
+    return path if path and path.exists() else None
+
+
 class Sandbox:
     def __init__(self, scenario: Scenario, *, namespaces: tuple[str, ...] = ("default", "models"),
-                 workdir: Path | None = None, kserve_crd: Path | None = None, scrape_interval_s: float = 1.0
-                 ) -> None:
+                 workdir: Path | None = None, kserve_crd: Path | None = None, scrape_interval_s: float = 1.0,
+                 kfserving_crd: Path | None = None) -> None:
         self._own_dir = workdir is None
         self.dir = Path(tempfile.mkdtemp(prefix="canaryd-sandbox-")) if workdir is None else workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +69,11 @@ class Sandbox:
         if not MODELROLLOUT_CRD.exists():
             raise FileNotFoundError(f"ModelRollout CRD not found at {MODELROLLOUT_CRD} (run from a source checkout)")
         self.kserve_crd = crd
-        self.api = KubeApiEmulator(load_crds([crd, REVISION_CRD, MODELROLLOUT_CRD]), namespaces=namespaces)
+        # KFServing's v1alpha2 beside KServe's v1beta1, with its validating webhook's rules.
+        self.kfserving_crd = kfserving_crd or real_kfserving_crd() or KFSERVING_LITE_CRD
+        self.api = KubeApiEmulator(load_crds([crd, self.kfserving_crd, REVISION_CRD, MODELROLLOUT_CRD]),
+                                   namespaces=namespaces)
+        install_kfserving_webhook(self.api)
         self.kubeconfig = self.dir / "kubeconfig"
         self.repo = ConfigRepo(self.dir)
         self.scrape_interval_s = scrape_interval_s

@@ -4,6 +4,7 @@ It stands in for Knative's ingress + activator + queue-proxy + the model server,
 analysis reads the same metric names, labels and units from Prometheus as on a real KServe cluster.
 Routing comes only from API objects (InferenceService status traffic, Knative Revisions), exactly what
 the KServe controller emulator writes, so the two sandbox parts meet only through the Kubernetes API.
+KFServing's `serving.kubeflow.org/v1alpha2` services are routed too, when that API is served.
 
 Everything that decides a request's fate is deterministic given the scenario seed: which revision a
 request goes to (a per-service draw), whether it fails and how slow it is (per-revision draws), and the
@@ -41,6 +42,7 @@ from canaryd.sandbox.scenario import Scenario, VersionBehaviour, unit_draw
 log = logging.getLogger(__name__)
 
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+KFS_GROUP, KFS_VERSION = "serving.kubeflow.org", "v1alpha2"
 REV_GROUP, REV_VERSION, REV_PLURAL = "serving.knative.dev", "v1", "revisions"
 
 # knative/serving pkg/queue/request_metric.go (v1.15-v1.18), opencensus view.Distribution bounds in ms.
@@ -112,7 +114,7 @@ class QueueProxyMetrics:
     def record(self, revision: Revision, pod: str, code: int, route_tag: str, latency_ms: float) -> None:
         labels = {
             "namespace_name": revision.namespace,
-            "service_name": f"{revision.isvc}-{revision.component}",
+            "service_name": revision.knative_service,
             "configuration_name": revision.configuration,
             "revision_name": revision.name,
             "pod_name": pod,
@@ -253,6 +255,7 @@ class DataPlane:
             # InferenceServices first: a revision named in their traffic was created before it, so the
             # revision list read after them contains it.
             isvcs = self._list(ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL)
+            isvcs += self._list(KFS_GROUP, KFS_VERSION, ISVC_PLURAL, optional=True)
             revisions = self._list(REV_GROUP, REV_VERSION, REV_PLURAL)
         except Exception as exc:  # any API or connection failure
             if not self._failing:  # once per outage, not every refresh_s
@@ -270,15 +273,23 @@ class DataPlane:
         self._refreshes += 1
         return True
 
-    def _list(self, group: str, version: str, plural: str) -> list[dict[str, Any]]:
-        if self._namespaces is None:
-            result = self._api.list_cluster_custom_object(group, version, plural, _request_timeout=5)
-            return list(result.get("items") or [])
-        items: list[dict[str, Any]] = []
-        for ns in self._namespaces:
-            result = self._api.list_namespaced_custom_object(group, version, ns, plural, _request_timeout=5)
-            items += result.get("items") or []
-        return items
+    def _list(self, group: str, version: str, plural: str, optional: bool = False) -> list[dict[str, Any]]:
+        """All objects of one resource; with `optional`, none when the API is not served (no CRD)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            if self._namespaces is None:
+                result = self._api.list_cluster_custom_object(group, version, plural, _request_timeout=5)
+                return list(result.get("items") or [])
+            items: list[dict[str, Any]] = []
+            for ns in self._namespaces:
+                result = self._api.list_namespaced_custom_object(group, version, ns, plural, _request_timeout=5)
+                items += result.get("items") or []
+            return items
+        except ApiException as exc:
+            if optional and exc.status == 404:
+                return []
+            raise
 
     # -- request path ------------------------------------------------------------------------------
 

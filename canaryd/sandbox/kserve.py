@@ -3,10 +3,14 @@
 It talks to the API only through the `kubernetes` client (list + watch of InferenceServices, Revision
 objects, `/status` merge patches), like the real controller, so it runs unchanged against a real
 kube-apiserver that has the KServe CRD (and `crds/knative-revision.yaml`) but no KServe. Every decision
-is made by `kserve_logic.reconcile_v1beta1`; this module only reads, writes and keeps time.
+is made by `kserve_logic.reconcile_v1beta1` (KServe, `serving.kserve.io/v1beta1`) or
+`kserve_logic.reconcile_v1alpha2` (KFServing 0.4, `serving.kubeflow.org/v1alpha2`); this module only
+reads, writes and keeps time. Both APIs are watched; one whose CRD is not installed is looked for again
+now and then, quietly, so a CRD installed later is picked up.
 
 A deleted InferenceService's Revisions are deleted by the emulator (a real cluster's garbage collector
-would do it through their ownerReferences; the API emulator has none).
+would do it through their ownerReferences; the API emulator has none), and so are the Revisions of a
+v1alpha2 endpoint dropped from the spec (KFServing deletes its Knative Service).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,27 +33,58 @@ from canaryd.sandbox.kserve_logic import (
     ISVC_LABEL,
     ISVC_PLURAL,
     ISVC_VERSION,
+    KFS_GROUP,
+    KFS_ISVC_LABEL,
+    KFS_VERSION,
     REVISION_GROUP,
     REVISION_PLURAL,
     REVISION_VERSION,
     ChildMemo,
     Json,
     Options,
+    Outcome,
     RevisionRecord,
     merge_patch,
     parse_revision,
+    reconcile_v1alpha2,
     reconcile_v1beta1,
     revision_object,
     revision_status,
 )
-from canaryd.sandbox.scenario import Scenario
+from canaryd.sandbox.scenario import Scenario, VersionBehaviour
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 _WATCH_TIMEOUT_S = 1  # server-side watch timeout: bounds how long stop() waits for a watcher
 _READ_TIMEOUT_S = 1.5  # client-side guard in case a server ignores timeoutSeconds
 _RETRY_S = 0.5  # after an API error
+_ABSENT_RETRY_S = 2.0  # an API that is not served (its CRD not installed): look again this often
+
+Reconcile = Callable[
+    [Mapping[str, Any], list[RevisionRecord], Callable[[str | None], VersionBehaviour], datetime,
+     Mapping[str, ChildMemo], Options],
+    Outcome,
+]
+
+
+@dataclass(frozen=True)
+class IsvcApi:
+    """One InferenceService API the emulator serves as its controller would."""
+
+    name: str
+    group: str
+    version: str
+    isvc_label: str  # the label on the Revisions that names their InferenceService
+    reconcile: Reconcile
+    plural: str = ISVC_PLURAL
+
+
+V1BETA1 = IsvcApi("v1beta1", ISVC_GROUP, ISVC_VERSION, ISVC_LABEL, reconcile_v1beta1)
+V1ALPHA2 = IsvcApi("v1alpha2", KFS_GROUP, KFS_VERSION, KFS_ISVC_LABEL, reconcile_v1alpha2)
+APIS = (V1BETA1, V1ALPHA2)
+_BY_NAME = {api.name: api for api in APIS}
+
+Key = tuple[str, str, str]  # (api name, namespace, name)
 
 
 class _WorkQueue:
@@ -102,7 +137,8 @@ class _Memory:
 
 
 class KServeEmulator:
-    """Emulates KServe v1beta1 in Knative (Serverless) mode, plus RawDeployment/Standard mode status.
+    """Emulates KServe v1beta1 in Knative (Serverless) mode, plus RawDeployment/Standard mode status, and
+    KFServing 0.4's v1alpha2 (default and canary endpoints).
 
     `tag_latest_in_split` and `observed_generation` choose between the sandbox contract (defaults) and
     upstream KServe's exact behaviour; see `kserve_logic.Options`.
@@ -141,7 +177,10 @@ class KServeEmulator:
         scopes: list[str | None] = list(self._namespaces) if self._namespaces else [None]
         self._threads = [threading.Thread(target=self._work, name="kserve-emulator-worker", daemon=True)]
         self._threads += [
-            threading.Thread(target=self._watch, args=(ns,), name=f"kserve-emulator-watch-{ns or 'all'}", daemon=True)
+            threading.Thread(
+                target=self._watch, args=(api, ns), name=f"kserve-emulator-watch-{api.name}-{ns or 'all'}", daemon=True
+            )
+            for api in APIS
             for ns in scopes
         ]
         for thread in self._threads:
@@ -173,10 +212,10 @@ class KServeEmulator:
 
     # --- watching ----------------------------------------------------------------------------------------
 
-    def _list_isvcs(self, namespace: str | None, **kw: Any) -> Any:
+    def _list_isvcs(self, api: IsvcApi, namespace: str | None, **kw: Any) -> Any:
         if namespace is None:
-            return self._api.list_cluster_custom_object(ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL, **kw)
-        return self._api.list_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, **kw)
+            return self._api.list_cluster_custom_object(api.group, api.version, api.plural, **kw)
+        return self._api.list_namespaced_custom_object(api.group, api.version, namespace, api.plural, **kw)
 
     def _list_revisions(self, namespace: str | None, selector: str) -> list[Json]:
         result: Any
@@ -195,27 +234,32 @@ class KServeEmulator:
             )
         return list(result.get("items") or [])
 
-    def _watch(self, namespace: str | None) -> None:
+    def _watch(self, api: IsvcApi, namespace: str | None) -> None:
         """List, queue everything, then watch from the list's resourceVersion; list again on 410/errors."""
         while not self._stop.is_set():
             try:
-                listed = self._list_isvcs(namespace, _request_timeout=10)
+                listed = self._list_isvcs(api, namespace, _request_timeout=10)
                 version = str(listed["metadata"]["resourceVersion"])
-                keys = {_key(item) for item in listed.get("items") or []}
+                keys = {_key(api, item) for item in listed.get("items") or []}
                 with self._lock:  # deleted while nobody watched
-                    gone = {k for k in self._memory if k not in keys and (namespace is None or k[0] == namespace)}
+                    gone = {
+                        k for k in self._memory
+                        if k not in keys and k[0] == api.name and (namespace is None or k[1] == namespace)
+                    }
                 owners = {
-                    (_key(r)[0], str(labels[ISVC_LABEL]))
+                    (api.name, str(r["metadata"]["namespace"]), str(labels[api.isvc_label]))
                     for r in self._list_revisions(namespace, "")
-                    if ISVC_LABEL in (labels := r["metadata"].get("labels") or {})
+                    if api.isvc_label in (labels := r["metadata"].get("labels") or {})
                 }
                 for key in keys | gone | (owners - keys):
                     self._queue.add(key)
-                for event in self._events(namespace, version):
+                for event in self._events(api, namespace, version):
                     version = str(event["object"]["metadata"]["resourceVersion"])
-                    self._queue.add(_key(event["object"]))
+                    self._queue.add(_key(api, event["object"]))
             except ApiException as exc:
-                if exc.status != 410:
+                if exc.status == 404:  # this API is not served (no CRD): look again later
+                    self._stop.wait(_ABSENT_RETRY_S)
+                elif exc.status != 410:
                     log.warning("watching InferenceServices failed (%s %s); listing again", exc.status, exc.reason)
                     self._stop.wait(_RETRY_S)
             except (urllib3.exceptions.HTTPError, OSError, ValueError, KeyError) as exc:
@@ -225,13 +269,14 @@ class KServeEmulator:
                 log.exception("watching InferenceServices crashed; listing again")
                 self._stop.wait(_RETRY_S)
 
-    def _events(self, namespace: str | None, version: str) -> Iterator[Json]:
+    def _events(self, api: IsvcApi, namespace: str | None, version: str) -> Iterator[Json]:
         """Watch events from `version` on, re-watching after each server timeout, until stopped."""
         while not self._stop.is_set():
             w = watch.Watch()  # type: ignore[no-untyped-call]
             try:
                 stream = w.stream(  # type: ignore[no-untyped-call]
                     self._list_isvcs,
+                    api,
                     namespace,
                     resource_version=version,
                     timeout_seconds=_WATCH_TIMEOUT_S,
@@ -260,30 +305,31 @@ class KServeEmulator:
             try:
                 self._reconcile(key)
             except ApiException as exc:
-                log.warning("reconciling %s/%s failed: %s %s; retrying", *key, exc.status, exc.reason)
+                log.warning("reconciling %s %s/%s failed: %s %s; retrying", *key, exc.status, exc.reason)
                 self._queue.add(key, _RETRY_S)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                log.warning("reconciling %s/%s failed: %s; retrying", *key, type(exc).__name__)
+                log.warning("reconciling %s %s/%s failed: %s; retrying", *key, type(exc).__name__)
                 self._queue.add(key, _RETRY_S)
             except Exception:
-                log.exception("reconciling %s/%s crashed; retrying", *key)
+                log.exception("reconciling %s %s/%s crashed; retrying", *key)
                 self._queue.add(key, _RETRY_S)
 
     def _reconcile(self, key: Key) -> None:
-        namespace, name = key
+        api_name, namespace, name = key
+        api = _BY_NAME[api_name]
         isvc = _quiet(
             404,
             lambda: self._api.get_namespaced_custom_object(
-                ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, _request_timeout=10
+                api.group, api.version, namespace, api.plural, name, _request_timeout=10
             ),
         )
         if isvc is None:
-            self._forget(key)
+            self._forget(api, key)
             return
         uid = str(isvc["metadata"].get("uid") or "")
         records: list[RevisionRecord] = []
         existing: dict[str, Json] = {}
-        for obj in self._list_revisions(namespace, f"{ISVC_LABEL}={name}"):
+        for obj in self._list_revisions(namespace, f"{api.isvc_label}={name}"):
             owners = obj["metadata"].get("ownerReferences") or []
             if uid and owners and all(o.get("uid") != uid for o in owners):
                 self._delete_revision(namespace, str(obj["metadata"]["name"]))  # left by an earlier namesake
@@ -297,7 +343,7 @@ class KServeEmulator:
                 memory = self._memory[key] = _Memory(uid=uid)
             scenario = self._scenario
         now = datetime.now(UTC)
-        outcome = reconcile_v1beta1(isvc, records, scenario.behaviour, now, memory.memos, self._options)
+        outcome = api.reconcile(isvc, records, scenario.behaviour, now, memory.memos, self._options)
 
         for rev in outcome.create:
             try:
@@ -328,7 +374,7 @@ class KServeEmulator:
             }
             try:
                 stored: Any = self._api.patch_namespaced_custom_object_status(
-                    ISVC_GROUP, ISVC_VERSION, namespace, ISVC_PLURAL, name, body, _request_timeout=10
+                    api.group, api.version, namespace, api.plural, name, body, _request_timeout=10
                 )
             except ApiException as exc:
                 if exc.status not in (404, 409):
@@ -336,6 +382,9 @@ class KServeEmulator:
                 self._queue.add(key)  # changed or deleted meanwhile: read it again
                 return
             memory.sent, memory.stored = outcome.status, stored.get("status") or {}
+        # After the status, so that routes never name a revision that is already gone.
+        for rev in outcome.delete:
+            self._delete_revision(namespace, rev.name)
         if outcome.requeue_after is not None:
             self._queue.add(key, max(outcome.requeue_after, self._tick_s))
 
@@ -348,10 +397,10 @@ class KServeEmulator:
             ),
         )
 
-    def _forget(self, key: Key) -> None:
+    def _forget(self, api: IsvcApi, key: Key) -> None:
         """The InferenceService is gone: delete its Revisions, as garbage collection would."""
-        namespace, name = key
-        for obj in self._list_revisions(namespace, f"{ISVC_LABEL}={name}"):
+        _, namespace, name = key
+        for obj in self._list_revisions(namespace, f"{api.isvc_label}={name}"):
             self._delete_revision(namespace, str(obj["metadata"]["name"]))
         with self._lock:
             self._memory.pop(key, None)
@@ -365,9 +414,9 @@ class KServeEmulator:
         )
 
 
-def _key(obj: Json) -> Key:
+def _key(api: IsvcApi, obj: Json) -> Key:
     meta = obj["metadata"]
-    return str(meta["namespace"]), str(meta["name"])
+    return api.name, str(meta["namespace"]), str(meta["name"])
 
 
 def _quiet(status: int, call: Callable[[], Any]) -> Any:

@@ -1,8 +1,8 @@
-"""What KServe (v1beta1, Knative mode) and Knative Serving would do with an InferenceService: pure.
+"""What KServe (v1beta1, Knative mode), KFServing 0.4 (v1alpha2) and Knative Serving would do with an
+InferenceService: pure.
 
-Kept free of I/O so every rollout path is a table test, and so another API version (v1alpha2) can add its
-own `reconcile_*` beside this one. The sources it follows, so that canaryd meets the same behaviour here
-as on a real cluster:
+Kept free of I/O so every rollout path is a table test; each API version has its own `reconcile_*`. The
+sources it follows, so that canaryd meets the same behaviour here as on a real cluster:
 
 - KServe `reconcilers/knative/ksvc_reconciler.go` (traffic targets from `canaryTrafficPercent` and the
   component's `latestRolledoutRevision`) and `inference_service_status.go` (`PropagateStatus`: how
@@ -11,9 +11,14 @@ as on a real cluster:
   the newest *Ready* revision (the hazard canaryd must avoid); a traffic percent outside 0..100 is
   rejected by Knative's webhook, so KServe reports `ReconcileFailed` and nothing else changes;
 - knative.dev/pkg condition sets: `Ready` follows its dependents (`PredictorReady`, `IngressReady`),
-  other conditions carry severity `Info`, and `lastTransitionTime` moves only when a condition changes.
+  other conditions carry severity `Info`, and `lastTransitionTime` moves only when a condition changes;
+- KFServing v0.4 (`serving.kubeflow.org/v1alpha2`, see `reconcile_v1alpha2`): one Knative Service per
+  endpoint (`default`, `canary`) and component, an Istio VirtualService splitting the service's traffic
+  between the endpoints' hosts by `canaryTrafficPercent`, and `inference_service_status.go`.
 
-Two known differences from upstream are options (see `Options`), defaulting to the sandbox contract.
+Two known differences from upstream are options (see `Options`), defaulting to the sandbox contract; the
+v1alpha2 status keeps the routes in force while KFServing cannot rebuild its VirtualService (see
+`reconcile_v1alpha2`).
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from typing import Any, Literal
 from canaryd.sandbox.scenario import VersionBehaviour, storage_uri_of
 
 ISVC_GROUP, ISVC_VERSION, ISVC_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+KFS_GROUP, KFS_VERSION = "serving.kubeflow.org", "v1alpha2"
 REVISION_GROUP, REVISION_VERSION, REVISION_PLURAL = "serving.knative.dev", "v1", "revisions"
 
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
+KFS_ISVC_LABEL = "serving.kubeflow.org/inferenceservice"  # KFServing's InferenceServicePodLabelKey
+ENDPOINT_LABEL = "endpoint"  # KFServing's KServiceEndpointLabel: default | canary
 COMPONENT_LABEL = "component"
 CONFIGURATION_LABEL = "serving.knative.dev/configuration"
 SERVICE_LABEL = "serving.knative.dev/service"
@@ -42,6 +50,7 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 TAG_ROUTING_ANNOTATION = "serving.kserve.io/enable-tag-routing"
 
 COMPONENTS = ("predictor", "transformer", "explainer")
+ENDPOINTS = ("default", "canary")
 # KServe's defaults (constants.ServiceAnnotationDisallowedList / RevisionTemplateLabelDisallowedList):
 # these never reach the revision template, so changing them makes no new revision.
 ANNOTATION_DISALLOWED = frozenset(
@@ -101,7 +110,10 @@ class Readiness:
 
 @dataclass(frozen=True)
 class RevisionRecord:
-    """One Knative Revision of one component, as the emulator keeps it in the API."""
+    """One Knative Revision of one component, as the emulator keeps it in the API.
+
+    `endpoint` is KFServing's (`default` or `canary`) for a v1alpha2 service, empty for v1beta1.
+    """
 
     name: str
     component: str
@@ -111,6 +123,7 @@ class RevisionRecord:
     created_at: datetime
     readiness: Readiness = Readiness()
     spec: Json = field(default_factory=dict)
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,8 @@ class Outcome:
     readiness: tuple[RevisionRecord, ...] = ()  # existing revisions whose Ready condition changed
     memos: Mapping[str, ChildMemo] = field(default_factory=dict)
     requeue_after: float | None = None  # seconds until a timer (readiness) may change the outcome
+    # revisions whose Knative Service is gone (a v1alpha2 canary dropped): deleted after the status write
+    delete: tuple[RevisionRecord, ...] = ()
 
 
 Behaviour = Callable[[str | None], VersionBehaviour]
@@ -307,6 +322,10 @@ class Conditions:
         self._set(kind, "False", reason, message)
         if kind in self._dependents:
             self._set(self._happy, "False", reason, message)
+
+    def clear(self, kind: str) -> None:
+        """knative.dev/pkg `ClearCondition`: the condition is gone (e.g. no canary any more)."""
+        self._items.pop(kind, None)
 
     def apply(self, kind: str, cond: Readiness | None) -> None:
         """KServe's `SetCondition`: copy another object's condition (nil means leave it alone)."""
@@ -493,6 +512,34 @@ def _knative_component(
     if traffic is not None:
         rolled, previous = propagate_rollout(rolled, previous, latest.name, latest_ready, traffic)
 
+    ready, routes, configurations = ksvc_readiness(latest, latest_ready, config_name, now)
+    view = _KsvcView(latest.name, latest_ready, traffic, ready, routes, configurations)
+
+    status = dict(old)
+    status["latestCreatedRevision"] = latest.name
+    for key, value in (
+        ("latestReadyRevision", latest_ready),
+        ("latestRolledoutRevision", rolled),
+        ("previousRolledoutRevision", previous),
+    ):
+        if value:
+            status[key] = value
+        else:
+            status.pop(key, None)
+    if traffic is not None:
+        status["traffic"] = traffic
+    else:
+        status.pop("traffic", None)
+    if view.ready.status == "True":
+        status["url"] = _host(name, component, namespace, options.domain)
+        status["address"] = {"url": f"http://{name}-{component}.{namespace}.svc.cluster.local"}
+    return _ComponentResult(status, view, memo, created)
+
+
+def ksvc_readiness(
+    latest: RevisionRecord, latest_ready: str, config_name: str, now: datetime
+) -> tuple[Readiness, Readiness, Readiness]:
+    """A Knative Service's `Ready`, `RoutesReady` and `ConfigurationsReady` from its newest revisions."""
     if latest_ready == latest.name:
         configurations = Readiness("True")
     elif latest.readiness.status == "False":
@@ -514,27 +561,7 @@ def _knative_component(
     ksvc = Conditions([], "Ready", _KSVC_DEPENDENTS, now)
     ksvc.apply("ConfigurationsReady", configurations)
     ksvc.apply("RoutesReady", routes)
-    view = _KsvcView(latest.name, latest_ready, traffic, ksvc.readiness("Ready"), routes, configurations)
-
-    status = dict(old)
-    status["latestCreatedRevision"] = latest.name
-    for key, value in (
-        ("latestReadyRevision", latest_ready),
-        ("latestRolledoutRevision", rolled),
-        ("previousRolledoutRevision", previous),
-    ):
-        if value:
-            status[key] = value
-        else:
-            status.pop(key, None)
-    if traffic is not None:
-        status["traffic"] = traffic
-    else:
-        status.pop("traffic", None)
-    if view.ready.status == "True":
-        status["url"] = _host(name, component, namespace, options.domain)
-        status["address"] = {"url": f"http://{name}-{component}.{namespace}.svc.cluster.local"}
-    return _ComponentResult(status, view, memo, created)
+    return ksvc.readiness("Ready"), routes, configurations
 
 
 def _bump(memo: ChildMemo, fingerprint: str) -> ChildMemo:
@@ -786,6 +813,182 @@ def _reconcile_standard(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# KFServing v0.4: serving.kubeflow.org/v1alpha2
+# ---------------------------------------------------------------------------------------------------------
+
+#: KFServing's living condition set: Ready follows the default predictor and the routes only; the canary's
+#: readiness is reported (severity Info) but never makes the service unready.
+_V1ALPHA2_DEPENDENTS = ("DefaultPredictorReady", "RoutesReady")
+
+
+def endpoint_condition(endpoint: str, component: str) -> str:
+    """`DefaultPredictorReady`, `CanaryTransformerReady`, ... (KFServing's per-endpoint conditions)."""
+    return f"{endpoint.capitalize()}{component.capitalize()}Ready"
+
+
+def endpoint_config(isvc: str, component: str, endpoint: str) -> str:
+    """The Knative Service (and Configuration) KFServing makes per endpoint: `iris-predictor-default`."""
+    return f"{isvc}-{component}-{endpoint}"
+
+
+def endpoint_identity(isvc: Mapping[str, Any], endpoint: str, component: str) -> Json:
+    """What goes into the revision template of one endpoint's component (KFServing copies the service's
+    labels and annotations into both endpoints' templates)."""
+    meta = isvc.get("metadata") or {}
+    spec = dict(((isvc.get("spec") or {}).get(endpoint) or {}).get(component) or {})
+    labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in LABEL_DISALLOWED}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in ANNOTATION_DISALLOWED}
+    return {"spec": spec, "labels": labels, "annotations": annotations}
+
+
+@dataclass(frozen=True)
+class _EndpointKsvc:
+    latest: RevisionRecord
+    ready: Readiness  # the Knative Service's Ready condition
+    create: tuple[RevisionRecord, ...] = ()
+
+
+def _endpoint_ksvc(
+    isvc: Mapping[str, Any],
+    endpoint: str,
+    component: str,
+    revisions: Sequence[RevisionRecord],
+    behaviour: Behaviour,
+    now: datetime,
+) -> _EndpointKsvc:
+    """One endpoint's Knative Service: a new revision when its template changed, and its Ready condition."""
+    name = str((isvc.get("metadata") or {}).get("name"))
+    config = endpoint_config(name, component, endpoint)
+    identity = endpoint_identity(isvc, endpoint, component)
+    digest = stable_hash(identity)
+    revs = sorted(revisions, key=lambda r: r.number)
+    created: tuple[RevisionRecord, ...] = ()
+    if not revs or revs[-1].template_hash != digest:
+        # Knative names a revision after its Configuration's generation: a Knative Service deleted and made
+        # again (a canary dropped, then a new one) starts over at 00001.
+        number = revs[-1].number + 1 if revs else 1
+        fresh = RevisionRecord(
+            name=f"{config}-{number:05d}",
+            component=component,
+            number=number,
+            template_hash=digest,
+            storage_uri=storage_uri_of(identity["spec"]),
+            created_at=now,
+            spec=identity["spec"],
+            endpoint=endpoint,
+        )
+        fresh = replace(fresh, readiness=revision_readiness(fresh, behaviour(fresh.storage_uri), now))
+        revs.append(fresh)
+        created = (fresh,)
+    latest = revs[-1]
+    ready_revs = [r for r in revs if r.readiness.status == "True"]
+    ready, _, _ = ksvc_readiness(latest, ready_revs[-1].name if ready_revs else "", config, now)
+    return _EndpointKsvc(latest, ready, created)
+
+
+def reconcile_v1alpha2(
+    isvc: Mapping[str, Any],
+    revisions: Iterable[RevisionRecord],
+    behaviour: Behaviour,
+    now: datetime,
+    memos: Mapping[str, ChildMemo] | None = None,
+    options: Options = Options(),
+) -> Outcome:
+    """One KFServing 0.4 reconcile of a `serving.kubeflow.org/v1alpha2` InferenceService.
+
+    Per endpoint and component a Knative Service whose `status.{default,canary}.<component>` entry is
+    `{name: latestCreatedRevision, host}` (the host only while that Knative Service is Ready), a Knative
+    Service of an endpoint or component no longer in the spec is deleted with its revisions, and an Istio
+    VirtualService sends `100 - canaryTrafficPercent` to the default host and the percent to the canary
+    host (`status.traffic`, `status.canaryTraffic`). Each host serves its Knative Service's newest Ready
+    revision. The VirtualService needs every endpoint in the spec to have a host; until then KFServing
+    keeps the VirtualService it had and marks `RoutesReady` False.
+
+    One deliberate difference: KFServing 0.4 then also blanks `status.traffic`, `canaryTraffic` and `url`
+    (its `PropagateRouteStatus` copies the failed build's zero weights), while the routes really in force
+    stay as they were. The emulator keeps showing the routes in force, because the sandbox data plane
+    routes by this status. KFServing 0.4 does not write `status.observedGeneration`, and neither does this.
+    """
+    del memos  # nothing beyond the API objects: the routes in force are in the status (see above)
+    meta = isvc.get("metadata") or {}
+    name, namespace = str(meta.get("name")), str(meta.get("namespace"))
+    spec = isvc.get("spec") or {}
+    old_status: Json = copy.deepcopy(isvc.get("status") or {})
+    advanced, changed = [], []
+    for rev in revisions:
+        ready = revision_readiness(rev, behaviour(rev.storage_uri), now)
+        advanced.append(replace(rev, readiness=ready))
+        if ready != rev.readiness:
+            changed.append(advanced[-1])
+
+    status = copy.deepcopy(old_status)
+    conds = Conditions(status.get("conditions") or [], "Ready", _V1ALPHA2_DEPENDENTS, now)
+    created: list[RevisionRecord] = []
+    gone: list[RevisionRecord] = []
+    for endpoint in ENDPOINTS:
+        endpoint_spec = spec.get(endpoint)
+        entries: Json = dict(status.get(endpoint) or {})
+        for component in COMPONENTS:
+            revs = [r for r in advanced if r.endpoint == endpoint and r.component == component]
+            part = endpoint_spec.get(component) if isinstance(endpoint_spec, Mapping) else None
+            if not isinstance(part, Mapping):  # finalizeService + Propagate{Default,Canary}Status(nil)
+                gone.extend(revs)
+                entries.pop(component, None)
+                conds.clear(endpoint_condition(endpoint, component))
+                continue
+            ksvc = _endpoint_ksvc(isvc, endpoint, component, revs, behaviour, now)
+            created.extend(ksvc.create)
+            entry: Json = {"name": ksvc.latest.name}
+            conds.apply(endpoint_condition(endpoint, component), ksvc.ready)
+            if ksvc.ready.status == "True":
+                entry["host"] = f"{endpoint_config(name, component, endpoint)}.{namespace}.{options.domain}"
+            entries[component] = entry
+        status[endpoint] = entries
+    _virtual_service(name, namespace, spec, status, conds, options)
+    status["conditions"] = conds.finish()
+    gone_names = {r.name for r in gone}
+    requeue = _next_due([r for r in [*advanced, *created] if r.name not in gone_names], behaviour, now)
+    return Outcome(
+        status,
+        tuple(created),
+        tuple(r for r in changed if r.name not in gone_names),
+        requeue_after=requeue,
+        delete=tuple(gone),
+    )
+
+
+def _virtual_service(
+    name: str, namespace: str, spec: Mapping[str, Any], status: Json, conds: Conditions, options: Options
+) -> None:
+    """KFServing's `CreateVirtualService` + `PropagateRouteStatus` for the predict route."""
+    percent = _percent(spec) or 0
+    for endpoint in ENDPOINTS:
+        if endpoint == "canary" and not isinstance(spec.get("canary"), Mapping):
+            continue
+        # the entry component serves the endpoint's route: the transformer if there is one
+        endpoint_spec = spec.get(endpoint) or {}
+        component = "transformer" if isinstance(endpoint_spec.get("transformer"), Mapping) else "predictor"
+        entry = (status.get(endpoint) or {}).get(component)
+        if not isinstance(endpoint_spec.get(component), Mapping):
+            reason = f"{component}SpecMissing"
+        elif not isinstance(entry, Mapping):
+            reason = f"{component}StatusUnknown"
+        elif not entry.get("host"):
+            reason = f"{component}HostnameUnknown"
+        else:
+            continue
+        conds.mark_false("RoutesReady", reason, f"Failed to reconcile {component}")
+        return  # the VirtualService in force stays; so does the status that describes it (see above)
+    status["url"] = f"http://{name}.{namespace}.{options.domain}/v1/models/{name}"
+    for key, weight in (("traffic", 100 - percent), ("canaryTraffic", percent)):
+        if weight:
+            status[key] = weight
+        else:
+            status.pop(key, None)  # `json:",omitempty"`
+    conds.mark_true("RoutesReady")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Revision objects in the API
 # ---------------------------------------------------------------------------------------------------------
 
@@ -797,18 +1000,21 @@ def revision_object(isvc: Mapping[str, Any], rev: RevisionRecord) -> Json:
     annotations = {TEMPLATE_HASH_ANNOTATION: rev.template_hash, CREATED_AT_ANNOTATION: precise_time(rev.created_at)}
     if rev.storage_uri is not None:
         annotations[STORAGE_URI_ANNOTATION] = rev.storage_uri
+    if rev.endpoint:  # KFServing v1alpha2: one Knative Service per endpoint
+        config = endpoint_config(name, rev.component, rev.endpoint)
+        labels = {KFS_ISVC_LABEL: name, COMPONENT_LABEL: rev.component, ENDPOINT_LABEL: rev.endpoint}
+        owner_api = f"{KFS_GROUP}/{KFS_VERSION}"
+    else:
+        config = f"{name}-{rev.component}"
+        labels = {ISVC_LABEL: name, COMPONENT_LABEL: rev.component}
+        owner_api = f"{ISVC_GROUP}/{ISVC_VERSION}"
     obj: Json = {
         "apiVersion": f"{REVISION_GROUP}/{REVISION_VERSION}",
         "kind": "Revision",
         "metadata": {
             "name": rev.name,
             "namespace": meta.get("namespace"),
-            "labels": {
-                ISVC_LABEL: name,
-                COMPONENT_LABEL: rev.component,
-                CONFIGURATION_LABEL: f"{name}-{rev.component}",
-                SERVICE_LABEL: f"{name}-{rev.component}",
-            },
+            "labels": {**labels, CONFIGURATION_LABEL: config, SERVICE_LABEL: config},
             "annotations": annotations,
         },
         "spec": copy.deepcopy(rev.spec),
@@ -816,7 +1022,7 @@ def revision_object(isvc: Mapping[str, Any], rev: RevisionRecord) -> Json:
     if meta.get("uid"):
         obj["metadata"]["ownerReferences"] = [
             {
-                "apiVersion": f"{ISVC_GROUP}/{ISVC_VERSION}",
+                "apiVersion": owner_api,
                 "kind": "InferenceService",
                 "name": name,
                 "uid": meta["uid"],
@@ -855,6 +1061,7 @@ def parse_revision(obj: Mapping[str, Any]) -> RevisionRecord | None:
     )
     state = str(ready.get("status", "Unknown"))
     uri = annotations.get(STORAGE_URI_ANNOTATION)
+    endpoint = labels.get(ENDPOINT_LABEL)
     return RevisionRecord(
         name=name,
         component=str(component),
@@ -868,4 +1075,5 @@ def parse_revision(obj: Mapping[str, Any]) -> RevisionRecord | None:
             str(ready.get("message", "")),
         ),
         spec=dict(obj.get("spec") or {}),
+        endpoint=str(endpoint) if endpoint in ENDPOINTS else "",
     )

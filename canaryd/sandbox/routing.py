@@ -4,6 +4,12 @@ Pure: built from the InferenceService and Knative Revision objects as read from 
 table can be tested without a server and rebuilt from scratch on every refresh (no incremental state
 to drift). Like a Knative ingress, it routes a service's untagged host by the traffic percents and a
 tag host (`{tag}-{isvc}`) to the tagged revision only, whatever its percent.
+
+A KFServing `serving.kubeflow.org/v1alpha2` service is routed as its Istio VirtualService routes it: the
+weights are `status.traffic` (default endpoint) and `status.canaryTraffic` (canary endpoint), and each
+endpoint's share goes to the newest Ready revision of that endpoint's Knative Service, as Knative routes
+`latestRevision: true`. Each endpoint's own host (`iris-predictor-canary`) reaches that revision whatever
+its weight, as the Knative Service's host does.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from typing import Any
 
 STORAGE_URI_ANNOTATION = "sandbox.canaryd.io/storage-uri"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
+KFS_ISVC_LABEL = "serving.kubeflow.org/inferenceservice"
 COMPONENT_LABEL = "component"
 CONFIGURATION_LABEL = "serving.knative.dev/configuration"
+SERVICE_LABEL = "serving.knative.dev/service"
+V1ALPHA2 = "serving.kubeflow.org/v1alpha2"
 DEFAULT_COMPONENT = "predictor"
 COMPONENTS = ("predictor", "transformer", "explainer")
 
@@ -29,6 +38,17 @@ class Revision:
     configuration: str
     storage_uri: str | None
     ready: bool
+    service: str = ""  # the Knative Service (`iris-predictor`, or `iris-predictor-default` for v1alpha2)
+
+    @property
+    def knative_service(self) -> str:
+        return self.service or f"{self.isvc}-{self.component}"
+
+    @property
+    def number(self) -> int:
+        """Knative's generation suffix (`...-00003` -> 3); -1 when the name has none."""
+        tail = self.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,8 @@ class ComponentRoute:
     isvc: str
     component: str
     targets: tuple[TrafficTarget, ...]
+    # KFServing v1alpha2: the targets' tags are endpoints, each with its own host (`iris-predictor-canary`)
+    endpoint_hosts: bool = False
 
     @property
     def knative_service(self) -> str:
@@ -140,29 +162,34 @@ def parse_revision(obj: Mapping[str, Any]) -> Revision | None:
     labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
     component = str(labels.get(COMPONENT_LABEL, DEFAULT_COMPONENT))
-    isvc = str(labels.get(ISVC_LABEL, ""))
+    isvc = str(labels.get(ISVC_LABEL) or labels.get(KFS_ISVC_LABEL) or "")
     uri = annotations.get(STORAGE_URI_ANNOTATION)
+    configuration = str(labels.get(CONFIGURATION_LABEL, f"{isvc}-{component}"))
     return Revision(
         namespace=namespace,
         name=name,
         isvc=isvc,
         component=component,
-        configuration=str(labels.get(CONFIGURATION_LABEL, f"{isvc}-{component}")),
+        configuration=configuration,
         storage_uri=uri if isinstance(uri, str) else None,
         ready=_condition_true(obj, "Ready"),
+        service=str(labels.get(SERVICE_LABEL) or configuration),
     )
 
 
-def parse_routes(obj: Mapping[str, Any]) -> list[ComponentRoute]:
+def parse_routes(obj: Mapping[str, Any], revisions: Iterable[Revision] = ()) -> list[ComponentRoute]:
     """One route per component with a `traffic` list in the status, and always one for the predictor.
 
     A service that exists but has no traffic yet still gets a (empty) predictor route, so that requests
-    to it are answered 503 (exists, nothing ready), not 404 (no such host).
+    to it are answered 503 (exists, nothing ready), not 404 (no such host). `revisions` are needed for a
+    v1alpha2 service, whose status names no serving revision.
     """
     meta = obj.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not isinstance(namespace, str):
         return []
+    if obj.get("apiVersion") == V1ALPHA2:
+        return [v1alpha2_route(namespace, name, obj.get("status") or {}, revisions)]
     components = (obj.get("status") or {}).get("components") or {}
     routes = []
     for component, status in components.items():
@@ -183,13 +210,31 @@ def parse_routes(obj: Mapping[str, Any]) -> list[ComponentRoute]:
     return routes
 
 
+def v1alpha2_route(
+    namespace: str, name: str, status: Mapping[str, Any], revisions: Iterable[Revision]
+) -> ComponentRoute:
+    """The predict route of a KFServing service: endpoint weights from the status, each to the newest Ready
+    revision of that endpoint's Knative Service (its entry component: the transformer if it has one)."""
+    targets = []
+    for endpoint, key in (("default", "traffic"), ("canary", "canaryTraffic")):
+        weight = status.get(key)
+        weight = weight if isinstance(weight, int) and not isinstance(weight, bool) and weight > 0 else 0
+        entries = status.get(endpoint) or {}
+        component = "transformer" if isinstance(entries.get("transformer"), Mapping) else DEFAULT_COMPONENT
+        service = f"{name}-{component}-{endpoint}"
+        ready = [r for r in revisions if r.namespace == namespace and r.knative_service == service and r.ready]
+        if ready:
+            targets.append(TrafficTarget(max(ready, key=lambda r: r.number).name, weight, endpoint))
+    return ComponentRoute(namespace, name, DEFAULT_COMPONENT, tuple(targets), endpoint_hosts=True)
+
+
 def build_table(isvcs: Iterable[Mapping[str, Any]], revisions: Iterable[Mapping[str, Any]]) -> RoutingTable:
+    parsed = [r for r in (parse_revision(obj) for obj in revisions) if r is not None]
+    revs = {(r.namespace, r.name): r for r in parsed}
     routes: dict[tuple[str, str, str], ComponentRoute] = {}
     for obj in isvcs:
-        for route in parse_routes(obj):
+        for route in parse_routes(obj, parsed):
             routes[(route.namespace, route.isvc, route.component)] = route
-    parsed = (parse_revision(obj) for obj in revisions)
-    revs = {(r.namespace, r.name): r for r in parsed if r is not None}
     names: dict[tuple[str, str], Address] = {}
     # Plain names first, so that a tag host never shadows a real service whose name has a dash.
     for (ns, isvc, component), route in sorted(routes.items()):
@@ -198,6 +243,9 @@ def build_table(isvcs: Iterable[Mapping[str, Any]], revisions: Iterable[Mapping[
         names.setdefault((ns, route.knative_service), Address(ns, isvc, component))
     for (ns, isvc, component), route in sorted(routes.items()):
         for tag in sorted(route.tags):
+            if route.endpoint_hosts:
+                names.setdefault((ns, f"{route.knative_service}-{tag}"), Address(ns, isvc, component, tag))
+                continue
             if component == DEFAULT_COMPONENT:
                 names.setdefault((ns, f"{tag}-{isvc}"), Address(ns, isvc, component, tag))
             names.setdefault((ns, f"{tag}-{route.knative_service}"), Address(ns, isvc, component, tag))

@@ -143,7 +143,8 @@ def test_read_parses_a_kserve_style_status(kserve: KServeAdapter, raw: client.Cu
     assert (pred.latest_rolledout, pred.previous_rolledout) == ("reader-predictor-00001",
                                                                 "reader-predictor-00000")
     assert pred.traffic == [
-        TrafficTarget(revision="reader-predictor-00002", percent=10, latest=True, tag="latest"),
+        TrafficTarget(revision="reader-predictor-00002", percent=10, latest=True, tag="latest",
+                      url="http://latest-reader.models.example.com"),
         TrafficTarget(revision="reader-predictor-00001", percent=90, latest=False, tag="prev"),
     ]
     assert pred.percent_of("reader-predictor-00001") == 90

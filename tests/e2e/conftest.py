@@ -22,6 +22,7 @@ SCENARIO = {
         "gs://e2e/errors": {**GOOD, "errorRate": 0.3},
         "gs://e2e/slow": {**GOOD, "latencyMs": {"base": 400, "p99": 900}},
         "gs://e2e/never-ready": {**GOOD, "neverReady": True},
+        "gs://e2e/broken": {**GOOD, "errorRate": 1.0},
     },
 }
 

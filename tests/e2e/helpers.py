@@ -226,7 +226,9 @@ class Env:
             return wait_until(check, timeout, f"{self.ns}/{name} in {sorted(phases)} at {commit}")
         except AssertionError as exc:
             st = self.state(name)
-            detail = f"; state: {st.status.phase if st else None} {st.status.message if st else ''}"
+            detail = (f"; state: {st.status.phase} {st.status.message}; next check {st.status.next_check_at};"
+                      f" analyses run {st.status.analyses_run}; last verdict {st.status.last_verdict}"
+                      if st else "; no state")
             tail = self.daemon.log_tail(25) if self.daemon else ""
             raise AssertionError(f"{exc}{detail}\ndaemon log:\n{tail}") from None
 

@@ -23,6 +23,7 @@ from canaryd.rollout.model import (
     Decision,
     Desired,
     LiveService,
+    Notify,
     Promote,
     RecordEvent,
     Rollback,
@@ -271,8 +272,8 @@ def initializing(pol: PolicySpec = POLICY, **status: Any) -> RolloutState:
 # -- reading decisions -----------------------------------------------------------------------------
 
 def effects(decision: Decision) -> list[Action]:
-    """The actions that touch the service (events left out)."""
-    return [a for a in decision.actions if not isinstance(a, RecordEvent)]
+    """The actions that touch the service (events and notifications left out)."""
+    return [a for a in decision.actions if not isinstance(a, RecordEvent | Notify)]
 
 
 def events(decision: Decision) -> list[tuple[str, str]]:

@@ -721,11 +721,6 @@ def test_raw_deployment_mid_rollout_fails_cleanly() -> None:
     assert not any(isinstance(a, ApplySpec) for a in d.actions)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG/OPEN: DESIGN §8 says drift (live spec differs from what canaryd applied) is reported and "
-    "re-asserted; the engine neither reports nor re-asserts a spec drift in any phase (only the canary "
-    "percent is re-asserted while analysing). During Progressing a foreign edit makes a new revision that "
-    "takes the canary share while the old canary revision is analysed."))
 @pytest.mark.parametrize("s", [state(Phase.SUCCEEDED, V2, stable_revision=rev(2)), progressing()],
                          ids=["succeeded", "progressing"])
 def test_spec_drift_is_reported(s: RolloutState) -> None:
@@ -743,3 +738,15 @@ def test_new_desired_already_running_is_not_failed() -> None:
     d = decide(d.state, Observation(desired=V3, live=svc), POLICY, at(600))
     assert V3.spec_hash not in d.state.status.failed_spec_hashes
     assert d.state.status.phase not in (Phase.ROLLING_BACK, Phase.FAILED)
+
+
+def test_resume_continues_analysing_at_once() -> None:
+    """Regression: resuming dispatched on the phase read before the resume (Paused), so the next analysis
+    was scheduled a whole idle interval (60 s) later."""
+    from canaryd.rollout.state import Control
+
+    paused = progressing().evolve(phase=Phase.PAUSED, paused_from=Phase.PROGRESSING)
+    resumed = paused.model_copy(update={"spec": paused.spec.model_copy(update={"control": Control(paused=False)})})
+    d = Case(state=resumed, live=live(percent=10), now=at(100), phase=Phase.PROGRESSING).decide()
+    assert d.state.status.next_check_at is not None
+    assert (d.state.status.next_check_at - at(100)).total_seconds() <= POLICY.analysis.every_s

@@ -1,0 +1,55 @@
+"""Operator requests from the CLI: pause, resume, promote, abort.
+
+They are written into the ModelRollout's `spec.control` (a merge patch carrying the resourceVersion that
+was read), never acted out by the CLI itself: the daemon's next tick turns them into traffic changes, so
+they survive restarts and leader changes, and a Git sync cannot undo them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from canaryd.adapters.kube import REQUEST_TIMEOUT
+from canaryd.adapters.statestore import StateStore
+from canaryd.rollout.state import ACTIVE, GROUP, PLURAL, VERSION, Phase
+
+Request = Literal["pause", "resume", "promote", "abort"]
+
+
+class OperatorError(RuntimeError):
+    """The request cannot apply (no such rollout, nothing in flight): the message says why."""
+
+
+def request(api: client.ApiClient, namespace: str, name: str, what: Request) -> str:
+    state = StateStore(api).load(namespace, name)
+    if state is None:
+        raise OperatorError(f"no ModelRollout {namespace}/{name}: canaryd has not rolled this service out")
+    st = state.status
+    control: dict[str, Any]
+    if what == "pause":
+        control = {"paused": True}
+        note = (f"pause recorded; {namespace}/{name} is {st.phase} at {st.weight}%: traffic is held there and no"
+                " new rollout starts until `canaryd resume`")
+    elif what == "resume":
+        control = {"paused": False}
+        note = f"resume recorded for {namespace}/{name}"
+    else:
+        if st.phase not in ACTIVE or st.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
+            raise OperatorError(f"{namespace}/{name} is {st.phase}: there is no canary in flight to {what}")
+        if what == "promote" and st.canary_revision is None:
+            raise OperatorError(f"{namespace}/{name}: the canary revision is not Ready yet; nothing to promote")
+        control = {what: state.spec.spec_hash}
+        note = (f"{what} recorded for {namespace}/{name} (spec {state.spec.spec_hash}, commit "
+                f"{(state.spec.commit or '?')[:8]}); canaryd acts on its next check")
+    body = {"metadata": {"resourceVersion": state.resource_version}, "spec": {"control": control}}
+    try:
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise OperatorError("the ModelRollout changed while writing the request; run the command again") from None
+        raise OperatorError(f"could not record the request: HTTP {exc.status} {exc.reason}") from None
+    return note
