@@ -102,6 +102,12 @@ class Metric(_Strict):
         return self.quantile if self.quantile is not None else 0.99
 
 
+def _unique(names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique, repeated: {', '.join(dup)}")
+
+
 def _alias(field: str) -> str:
     return {"max_increase": "maxIncrease", "max_ms": "maxMs", "max_ratio": "maxRatio"}.get(field, field)
 
@@ -146,10 +152,7 @@ class Analysis(_Strict):
     @field_validator("metrics")
     @classmethod
     def _unique_names(cls, v: list[Metric]) -> list[Metric]:
-        names = [m.name for m in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"metric names must be unique, repeated: {', '.join(dup)}")
+        _unique([m.name for m in v], "metric")
         return v
 
     @property
@@ -210,10 +213,7 @@ class PolicySpec(_Strict):
     @field_validator("webhooks")
     @classmethod
     def _unique_hooks(cls, v: list[Webhook]) -> list[Webhook]:
-        names = [w.name for w in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"webhook names must be unique, repeated: {', '.join(dup)}")
+        _unique([w.name for w in v], "webhook")
         return v
 
     def hooks(self, kind: str) -> list[Webhook]:

@@ -135,6 +135,7 @@ def run_demo(keep_dir: Path | None = None, kserve_crd: Path | None = None, out: 
             daemon.start()
             out(f"canaryd running (pid {daemon.proc.pid if daemon.proc else '?'}, http {daemon.url});"
                 f" sandbox files in {sb.dir}")
+            out(f"watch it from another terminal: canaryd status --kubeconfig {sb.kubeconfig} --watch")
             out(format_row(COLUMNS))
             story.wait_for(c1, {Phase.SUCCEEDED}, 60)
             story.wait_stable(60)

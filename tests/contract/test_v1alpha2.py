@@ -46,7 +46,7 @@ SCENARIO = Scenario(
     versions={V2: VersionBehaviour(ready_after_s=0.5, latency_ms=INSTANT),
               BAD: VersionBehaviour(ready_after_s=0.2, never_ready=True)},
 )
-DEADLINE_S = 10.0
+DEADLINE_S = 30.0  # generous: a loaded 2-core CI machine; the passing case returns as soon as it holds
 
 
 @dataclass
