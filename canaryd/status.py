@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from canaryd.rollout.state import RolloutState
 
-COLUMNS = ("SERVICE", "PHASE", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)", "LAST VERDICT")
+COLUMNS = ("SERVICE", "PHASE", "COMPONENT", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)",
+           "LAST VERDICT")
 
 
 def last_numbers(state: RolloutState) -> tuple[str, str]:
@@ -21,12 +22,18 @@ def last_numbers(state: RolloutState) -> tuple[str, str]:
     return err, lat
 
 
+def component(state: RolloutState) -> str:
+    """The component in flight (weight and revisions are its own), and the ones still to come."""
+    pending = state.spec.pending_components
+    return state.spec.component + (f" (then {', '.join(pending)})" if pending else "")
+
+
 def row(state: RolloutState) -> tuple[str, ...]:
     st = state.status
     err, lat = last_numbers(state)
     verdict = st.analyses[-1].verdict.outcome if st.analyses else "-"
     return (
-        state.spec.target.key, str(st.phase), f"{st.weight}%", st.stable_revision or "-",
+        state.spec.target.key, str(st.phase), component(state), f"{st.weight}%", st.stable_revision or "-",
         st.canary_revision or "-", (state.spec.commit or "-")[:8], err, lat, verdict,
     )
 
@@ -50,11 +57,11 @@ def render_table(states: list[RolloutState]) -> str:
 def render_history(state: RolloutState) -> str:
     """Transitions (oldest first) and the kept analyses of one service, for `canaryd history`."""
     out = [f"{state.spec.target.key}: {state.status.phase} (commit {(state.spec.commit or '-')[:8]},"
-           f" spec {state.spec.spec_hash or '-'})", "", "TIME                      COMMIT    STEP  WEIGHT  PHASE"
-           "             REASON"]
+           f" spec {state.spec.spec_hash or '-'})", "", "TIME                      COMMIT    COMPONENT    STEP  WEIGHT"
+           "  PHASE             REASON"]
     for h in state.status.history:
-        out.append(f"{h.at.isoformat(timespec='seconds'):<25} {(h.commit or '-')[:8]:<9} {h.step:>4}  {h.weight:>5}%"
-                   f"  {h.phase!s:<17} {h.reason}: {h.message}")
+        out.append(f"{h.at.isoformat(timespec='seconds'):<25} {(h.commit or '-')[:8]:<9} {h.component or '-':<12}"
+                   f" {h.step:>4}  {h.weight:>5}%  {h.phase!s:<17} {h.reason}: {h.message}")
     if state.status.analyses:
         out += ["", "last analyses:"]
         for a in state.status.analyses:

@@ -106,8 +106,7 @@ class Controller:
         if state is None:
             if desired is None:
                 return TickResult(None, "Unknown", False)
-            component = "predictor"
-            state = RolloutState.new(target, component)
+            state = RolloutState.new(target)  # the engine picks the component from the policy
         api_version = desired.manifest["apiVersion"] if desired else state.spec.target.api_version
         live = self.a.kserve.read(target.namespace, target.name, api_version)
         samples = None

@@ -12,6 +12,12 @@ step being repeated or skipped.
 Policy in force: a rollout runs under the policy snapshot taken when it started (stored in the state), so
 a policy edit cannot change the rules halfway through a canary; `policy` (the one from Git) is used for
 the next rollout.
+
+Components: the policy lists the components to canary (`target.components`). When a new spec changes
+several of them, they roll out one after another in that order, each with its own canary, steps and
+analyses: `spec.component` is the one in flight, `spec.pendingComponents` the rest, which keep their
+previous spec in the applied manifest until their turn (`canaryd.rollout.components`). A rollback of any
+of them fails the whole spec; the ones already promoted stay promoted.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from typing import Any
 
 from canaryd.analysis.judge import judge
 from canaryd.analysis.samples import MetricVerdict, Verdict
-from canaryd.apply import already_applied, spec_differences, subset_matches
+from canaryd.apply import already_applied, managed_part, spec_differences, subset_matches
 from canaryd.policy import PolicySpec, Webhook, spec_from_snapshot
+from canaryd.rollout import components as comps
 from canaryd.rollout.model import (
     Action,
     AnalysisRequest,
@@ -53,7 +60,8 @@ _ANALYSING = (Phase.PROGRESSING, Phase.HOLDING, Phase.WAITING_PROMOTION)
 #: Transition reasons that people want to hear about (Slack, webhooks), and under which kind.
 _NOTIFY = {
     "RolloutStarted": "started", "Superseded": "started", "CanaryReady": "step", "StepAdvanced": "step",
-    "Promoted": "promoted", "WaitingPromotion": "waiting", "Paused": "paused", "Resumed": "resumed",
+    "Promoted": "promoted", "ComponentStarted": "started", "WaitingPromotion": "waiting", "Paused": "paused",
+    "Resumed": "resumed",
     "UnsupportedDeploymentMode": "error",
     "ServiceMissing": "error", "DriftCorrected": "drift",
 }
@@ -64,6 +72,22 @@ def in_force(state: RolloutState, policy: PolicySpec) -> PolicySpec:
     if state.spec.policy:
         return spec_from_snapshot(state.spec.policy)
     return policy
+
+
+def listed_components(p: PolicySpec) -> list[str]:
+    """The components a policy canaries, in order (the predictor when it names none)."""
+    return list(p.target.components) if p.target is not None else ["predictor"]
+
+
+def component_percent(live: LiveService, component: str) -> int | None:
+    """The canary percent of `component` on the live service.
+
+    v1beta1 keeps one per component in the spec, read from the live manifest (the adapter's
+    `canary_percent` is the predictor's); KFServing's v1alpha2 has one for the whole service.
+    """
+    if comps.sequenced(live.api_version):
+        return comps.percent_of(live.manifest, component)
+    return live.canary_percent
 
 
 def analysis_request(state: RolloutState, policy: PolicySpec, now: datetime) -> AnalysisRequest | None:
@@ -158,6 +182,10 @@ class _Tick:
     def comp(self) -> str:
         return self.state.spec.component
 
+    def pct(self, live: LiveService) -> int | None:
+        """The live canary percent of the component in flight."""
+        return component_percent(live, self.comp)
+
     @property
     def p(self) -> PolicySpec:
         return in_force(self.state, self.policy)
@@ -180,7 +208,8 @@ class _Tick:
         if kind is not None:
             st = self.state.status
             self.actions.append(Notify(kind, message, {
-                "phase": str(phase), "weight": f"{st.weight}%", "commit": _short(self.state.spec.commit),
+                "phase": str(phase), "component": self.comp, "weight": f"{st.weight}%",
+                "commit": _short(self.state.spec.commit),
                 "canary": st.canary_revision or "-", "stable": st.stable_revision or "-", "reason": reason,
             }))
         self.log.setdefault("transitions", [])
@@ -255,8 +284,8 @@ class _Tick:
             return None
         if c.abort is not None and c.abort == spec_hash and (st.phase in ACTIVE and st.phase != Phase.ROLLING_BACK):
             self.actions.append(Rollback(self.comp))
-            self.move(Phase.ROLLING_BACK, "AbortRequested", "an operator aborted the rollout; taking all traffic"
-                      f" back to {st.stable_revision}", warning=True, weight=0, paused_from=None)
+            self.move(Phase.ROLLING_BACK, "AbortRequested", f"an operator aborted the rollout; taking all"
+                      f" {self.comp} traffic back to {st.stable_revision}", warning=True, weight=0, paused_from=None)
             self.schedule(self.later(POLL_S))
             return self.done()
         if c.paused and st.phase in ACTIVE and st.phase not in (Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK):
@@ -279,7 +308,7 @@ class _Tick:
 
     def _paused(self, live: LiveService) -> Decision:
         st = self.state.status
-        if st.paused_from in _ANALYSING and live.canary_percent != st.weight:
+        if st.paused_from in _ANALYSING and self.pct(live) != st.weight:
             self.actions.append(SetTraffic(self.comp, st.weight))  # hold the traffic where it was
         self.schedule(self.later(IDLE_RECHECK_S))
         return self.done()
@@ -288,7 +317,7 @@ class _Tick:
         st = self.state.status
         comp = live.component(self.comp)
         stable = comp.latest_rolledout or comp.latest_ready
-        if st.phase == Phase.SUCCEEDED and stable and stable != st.stable_revision and live.canary_percent is None:
+        if st.phase == Phase.SUCCEEDED and stable and stable != st.stable_revision and self.pct(live) is None:
             self.state = self.state.evolve(stable_revision=stable)
         if st.phase == Phase.SUCCEEDED and self.state.spec.last_applied is not None:
             drift = self._drift(live, expect_percent=None)
@@ -301,8 +330,8 @@ class _Tick:
         """What differs between the live service and what canaryd applied (None = no drift)."""
         manifest = self.state.spec.last_applied or {}
         found = spec_differences(manifest, live.manifest)
-        if live.canary_percent != expect_percent:
-            found.append(f"canaryTrafficPercent is {live.canary_percent}, canaryd set {expect_percent}")
+        if self.pct(live) != expect_percent:
+            found.append(f"{self.comp} canaryTrafficPercent is {self.pct(live)}, canaryd set {expect_percent}")
         return ", ".join(found[:8]) if found else None
 
     def _correct_drift(self, live: LiveService, drift: str) -> Decision:
@@ -318,15 +347,30 @@ class _Tick:
             self.actions.append(Promote(self.comp))
             self.schedule(self.later(POLL_S))
             return self.done()
+        if self.state.status.phase == Phase.SUCCEEDED:
+            # The canary goes to the component the edit changed (the others are re-asserted at once).
+            listed = [c for c in listed_components(self.p) if c in comps.present(manifest)]
+            target = next((c for c in listed if _renews(manifest, live, c, spec_only=True)), self.comp)
+            self.state = self.state.evolve(spec={"component": target, "pending_components": []})
+        renewed = _renews(manifest, live, self.comp)
+        if not renewed and self.state.status.phase == Phase.SUCCEEDED:
+            # Nothing that makes a revision drifted (only other fields): re-assert them, no canary needed.
+            self.actions.append(ApplySpec(manifest, manifest, self.comp, None))
+            self.event("DriftCorrected", f"live service differed from Git ({drift}); re-applied Git's spec",
+                       warning=True)
+            self.schedule(self.later(POLL_S))
+            return self.done()
         comp = live.component(self.comp)
         stable = comp.latest_rolledout or comp.latest_ready
+        # Untouched by the edit, the canary in flight is still the one to judge: no new revision to wait for.
+        baseline = comp.latest_created if renewed else st.baseline_created_revision
         self.actions.append(ApplySpec(manifest, manifest, self.comp, 0))
         self.move(Phase.INITIALIZING, "DriftCorrected",
-                  f"live service differed from Git ({drift}); re-applying Git's spec through a canary",
+                  f"live service differed from Git ({drift}); re-applying Git's spec through a {self.comp} canary",
                   warning=True, step=-1, weight=0, canary_revision=None, stable_revision=stable,
-                  baseline_created_revision=comp.latest_created, failed_analyses=0, inconclusive_in_row=0,
+                  baseline_created_revision=baseline, failed_analyses=0, inconclusive_in_row=0,
                   rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None,
-            pre_rollout_passed=False, analyses=[])
+                  pre_rollout_passed=False, analyses=[], last_verdict=None)
         self.schedule(self.later(POLL_S))
         return self.done()
 
@@ -347,6 +391,7 @@ class _Tick:
             self.state = self.state.reset(now=self.now, reason="ServiceMissing", message=msg)
             self.move(Phase.FAILED, "ServiceMissing", msg, warning=True,
                       failed_spec_hashes=_add(st.failed_spec_hashes, desired.spec_hash))
+            self.state = self.state.evolve(spec={"pending_components": []})
             self.schedule(self.later(IDLE_RECHECK_S))
             return self.done()
         if st.phase not in (Phase.IDLE, Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED):
@@ -360,10 +405,13 @@ class _Tick:
         return self.done()
 
     def _take_spec(self, desired: Desired) -> None:
+        """Start on `desired` under its policy; the first listed component is the one to watch."""
+        first = listed_components(spec_from_snapshot(desired.policy) if desired.policy else self.policy)[0]
         self.state = self.state.evolve(spec={
             "commit": desired.commit, "spec_hash": desired.spec_hash, "last_applied": desired.manifest,
-            "policy": desired.policy, "policy_source": desired.policy_source,
-        })
+            "policy": desired.policy, "policy_source": desired.policy_source, "component": first,
+            "pending_components": [],
+        }, promoted_components=[], component_baselines={})
 
     def _new_desired(self, desired: Desired, live: LiveService) -> Decision:
         st = self.state.status
@@ -378,7 +426,8 @@ class _Tick:
             self.log["skipped"] = f"spec {desired.spec_hash} was rolled back before; waiting for a new commit"
             return self.done()
         already = already_applied(self.state.spec.last_applied, desired.manifest, live.manifest)
-        if already and live.canary_percent is None and st.phase not in ACTIVE:
+        listed = listed_components(spec_from_snapshot(desired.policy) if desired.policy else self.policy)
+        if already and st.phase not in ACTIVE and all(component_percent(live, c) is None for c in listed):
             # The service already runs what Git wants (first sight, or someone applied it before Git got
             # it): adopt it. A canary would wait forever for a revision that applying it does not make.
             self._take_spec(desired)
@@ -401,33 +450,120 @@ class _Tick:
             self.schedule(self.later(IDLE_RECHECK_S))
             return self.done()
         superseding = st.phase in ACTIVE
-        comp = live.component(self.comp)
+        in_flight = self.comp if superseding else None
         previous = self.state.spec.last_applied
         self._take_spec(desired)
         self.state = self.state.evolve(spec={"previous_applied": previous})
-        # If the live service already has this spec (applied by someone, at 0 %), its newest revision is
-        # the canary: no baseline to wait past.
-        baseline = None if already else comp.latest_created
-        reason = "Superseded" if superseding else "RolloutStarted"
-        self.actions.append(ApplySpec(desired.manifest, previous, self.comp, 0))
+        if not comps.sequenced(live.api_version):
+            # One canary for the whole service (KFServing v1alpha2): every component moves with it.
+            first = listed[0]
+            baseline = None if already else live.component(first).latest_created
+            return self._begin(live, first, [], desired.manifest, previous, baseline, {}, superseding)
+        old = previous if previous is not None else managed_part(live.manifest)
+        plan = comps.plan(listed, old, desired.manifest, exact=previous is not None, in_flight=in_flight)
+        if plan.direct:
+            self.log["applied_without_canary"] = plan.direct
+        if not plan.canary:
+            return self._apply_directly(desired, live, previous, plan, in_flight)
+        first, rest = plan.canary[0], plan.canary[1:]
+        manifest = comps.intermediate(desired.manifest, old, rest, plan.pinned)
+        if already:
+            # The live service already has this spec (applied by someone, at 0 %): its newest revision is
+            # the canary, no baseline to wait past.
+            baseline = None
+        elif first == in_flight and not comps.template_changes(previous, manifest, first):
+            baseline = st.baseline_created_revision  # the superseded canary is still the one to judge
+        else:
+            baseline = live.component(first).latest_created
+        baselines: dict[str, str] = {}
+        for c in rest:
+            known = st.baseline_created_revision if c == in_flight else live.component(c).latest_created
+            if known is not None and (plan.metadata or c == in_flight):
+                baselines[c] = known
+        if in_flight is not None and in_flight not in plan.canary and comps.component_spec(
+                desired.manifest, in_flight) is not None:
+            # The policy no longer canaries it: like any unlisted component, KServe moves it at once.
+            self.actions.append(Promote(in_flight))
+        return self._begin(live, first, rest, manifest, previous, baseline, baselines, superseding, plan.direct)
+
+    def _begin(self, live: LiveService, first: str, rest: list[str], manifest: dict[str, Any],
+               previous: dict[str, Any] | None, baseline: str | None, baselines: dict[str, str],
+               superseding: bool, direct: list[str] | None = None) -> Decision:
+        """Apply the first changed component's spec at 0 % (the pending ones kept as they were)."""
+        desired_commit, spec_hash = self.state.spec.commit, self.state.spec.spec_hash
+        self.state = self.state.evolve(spec={"component": first, "pending_components": rest,
+                                             "last_applied": manifest})
+        self.actions.append(ApplySpec(manifest, previous, first, 0))
+        comp = live.component(first)
         stable = comp.latest_rolledout or comp.latest_ready
+        then = f"; then {', '.join(rest)}, one after another" if rest else ""
+        now_too = f"; {', '.join(direct)} changed too and move at once (not in target.components)" if direct else ""
         self.move(
-            Phase.INITIALIZING, reason,
+            Phase.INITIALIZING, "Superseded" if superseding else "RolloutStarted",
             f"{'new commit supersedes the running canary; ' if superseding else ''}"
-            f"applying commit {_short(desired.commit)} (spec {desired.spec_hash}) with 0% traffic;"
-            f" stable revision {stable}",
+            f"applying commit {_short(desired_commit)} (spec {spec_hash}) with 0% traffic to the {first};"
+            f" stable revision {stable}{then}{now_too}",
             step=-1, weight=0, canary_revision=None, stable_revision=stable,
             baseline_created_revision=baseline, failed_analyses=0, inconclusive_in_row=0,
             rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None,
-            pre_rollout_passed=False, analyses=[],
+            pre_rollout_passed=False, analyses=[], last_verdict=None, component_baselines=baselines,
         )
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _apply_directly(self, desired: Desired, live: LiveService, previous: dict[str, Any] | None,
+                        plan: comps.Plan, in_flight: str | None) -> Decision:
+        """No listed component changed: nothing to canary (no new revision of theirs), so apply at once."""
+        if in_flight is not None:
+            if comps.component_spec(desired.manifest, in_flight) is not None:
+                self.actions.append(Promote(in_flight))  # no longer canaried: KServe moves it at once
+            self.state = self.state.reset(now=self.now, reason="Superseded",
+                                          message="new commit no longer canaries the component in flight")
+        self.actions.append(ApplySpec(desired.manifest, previous, self.comp, None))
+        what = ", ".join(plan.direct) if plan.direct else "fields that make no new revision"
+        comp = live.component(self.comp)
+        self.move(Phase.SUCCEEDED, "Applied",
+                  f"commit {_short(desired.commit)} changes no component in target.components"
+                  f" ({', '.join(listed_components(self.p))}): applied at once without a canary ({what})",
+                  stable_revision=comp.latest_rolledout or comp.latest_ready, weight=100, step=-1,
+                  canary_revision=None)
+        self.schedule(self.later(POLL_S))
+        return self.done()
+
+    def _next_component(self, live: LiveService, promoted: str, desired: Desired) -> Decision:
+        """The one in flight is promoted: record it, then start the next pending component's canary."""
+        st = self.state.status
+        done = [*st.promoted_components, self.comp]
+        pending = self.state.spec.pending_components
+        nxt, rest = pending[0], pending[1:]
+        previous = self.state.spec.last_applied or {}
+        manifest = comps.intermediate(desired.manifest, previous, rest)  # pins made earlier stay
+        comp = live.component(nxt)
+        renewed = comps.template_changes(previous, manifest, nxt)
+        baseline = comp.latest_created if renewed else st.component_baselines.get(nxt)
+        self.move(Phase.INITIALIZING, "Promoted",
+                  f"{self.comp} revision {promoted} serves 100% (commit {_short(self.state.spec.commit)});"
+                  f" next: {nxt}", stable_revision=promoted, canary_revision=None, step=-1, weight=100,
+                  promoted_components=done)
+        self.state = self.state.evolve(spec={"component": nxt, "pending_components": rest,
+                                             "last_applied": manifest, "previous_applied": previous})
+        self.actions.append(ApplySpec(manifest, previous, nxt, 0))
+        stable = comp.latest_rolledout or comp.latest_ready
+        then = f"; then {', '.join(rest)}" if rest else ""
+        self.move(Phase.INITIALIZING, "ComponentStarted",
+                  f"{', '.join(done)} promoted; applying the {nxt} of commit {_short(self.state.spec.commit)}"
+                  f" with 0% traffic; stable revision {stable}{then}",
+                  step=-1, weight=0, canary_revision=None, stable_revision=stable,
+                  baseline_created_revision=baseline, failed_analyses=0, inconclusive_in_row=0,
+                  rollout_started_at=self.now, ready_at=None, step_started_at=None, hold_since=None,
+                  pre_rollout_passed=False)
         self.schedule(self.later(POLL_S))
         return self.done()
 
     def _abort_for(self, why: str) -> Decision:
         """A desired spec we will not roll out replaced the one in flight: take the canary's traffic away."""
         self.actions.append(Rollback(self.comp))
-        self.move(Phase.ROLLING_BACK, "Superseded", f"{why}; taking traffic away from the canary",
+        self.move(Phase.ROLLING_BACK, "Superseded", f"{why}; taking traffic away from the {self.comp} canary",
                   warning=True, weight=0)
         self.schedule(self.later(POLL_S))
         return self.done()
@@ -437,7 +573,7 @@ class _Tick:
         st = self.state.status
         manifest = self.state.spec.last_applied or {}
         comp = live.component(self.comp)
-        if not subset_matches(manifest, live.manifest) or live.canary_percent != 0:
+        if not subset_matches(manifest, live.manifest) or self.pct(live) != 0:
             # Our spec (at 0 %) is not, or no longer, on the service: a crash between saving the state and
             # patching, or someone else's write. Apply it again, from what was applied before, so removals
             # are sent too. Any revision created meanwhile is not ours: wait past it.
@@ -464,7 +600,7 @@ class _Tick:
             self.state = self.state.evolve(spec={"previous_applied": None})
             self.actions.append(SetTraffic(self.comp, first))
             self.move(Phase.PROGRESSING, "CanaryReady",
-                      f"revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
+                      f"{self.comp} revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
                       step=0, weight=first, canary_revision=candidate, ready_at=self.now,
                       step_started_at=self.now)
             self.schedule(self.later(p.analysis.warmup_s + p.analysis.every_s))
@@ -480,11 +616,15 @@ class _Tick:
         started = st.rollout_started_at or self.now
         if (self.now - started).total_seconds() >= p.progress_deadline_s:
             detail = f"latest created {candidate}, latest ready {comp.latest_ready}"
-            cond = live.conditions.get("LatestDeploymentReady") or live.conditions.get("Ready")
-            if cond is not None and cond.message:
+            # The component's own condition says why (KServe's aggregates only name the failing part).
+            kinds = (f"{self.comp.capitalize()}ConfigurationReady", "LatestDeploymentReady", "Ready")
+            found = [c for k in kinds if (c := live.conditions.get(k)) is not None and c.message]
+            cond = next((c for c in found if c.status != "True"), None)
+            if cond is not None:
                 detail += f"; {cond.message}"
             return self._rollback("ProgressDeadlineExceeded",
-                                  f"new revision not Ready within progressDeadline {p.progress_deadline} ({detail})")
+                                  f"new {self.comp} revision not Ready within progressDeadline"
+                                  f" {p.progress_deadline} ({detail})")
         self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
         return self.done()
 
@@ -496,13 +636,13 @@ class _Tick:
             # newest Ready revision): the analysis would judge the wrong one. Start over with Git's spec.
             return self._correct_drift(live, ", ".join(spec_differences(self.state.spec.last_applied or {},
                                                                          live.manifest)[:8]))
-        if live.canary_percent != st.weight:
+        if self.pct(live) != st.weight:
             # Live traffic differs from the intent (a crash after saving the state, or someone else's
             # write): re-assert it. Absolute, so repeating it is harmless.
             self.actions.append(SetTraffic(self.comp, st.weight))
             self.log["reasserted_weight"] = st.weight
-            if live.canary_percent is not None and st.weight not in (0,) and live.reconciled:
-                drift = f"canaryTrafficPercent is {live.canary_percent}, canaryd set {st.weight}"
+            if self.pct(live) is not None and st.weight not in (0,) and live.reconciled:
+                drift = f"{self.comp} canaryTrafficPercent is {self.pct(live)}, canaryd set {st.weight}"
                 self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
                 self.event("DriftCorrected", f"{drift}; set back to {st.weight}%", warning=True)
         request = analysis_request(self.state, p, self.now)
@@ -583,7 +723,7 @@ class _Tick:
             weight = p.steps[nxt]
             self.actions.append(SetTraffic(self.comp, weight))
             self.move(Phase.PROGRESSING, "StepAdvanced",
-                      f"step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
+                      f"{self.comp} step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
                       step=nxt, weight=weight, step_started_at=self.now)
             return self.done()
         if p.gates.confirm_promotion or p.hooks("confirm-promotion"):
@@ -594,19 +734,33 @@ class _Tick:
 
     def _promote(self, why: str) -> Decision:
         self.actions.append(Promote(self.comp))
-        self.move(Phase.PROMOTING, "Promoting", f"promoting {self.state.status.canary_revision} to 100%: {why}",
+        self.move(Phase.PROMOTING, "Promoting",
+                  f"promoting {self.comp} revision {self.state.status.canary_revision} to 100%: {why}",
                   weight=100)
         self.schedule(self.later(POLL_S))
         return self.done()
 
     def _promoting(self, live: LiveService) -> Decision:
-        if live.canary_percent is not None:
+        if self.pct(live) is not None:
             self.actions.append(Promote(self.comp))  # not visible yet, or reset by someone: again
         promoted = _promoted_revision(self.state, live)
         if promoted is not None:
+            pending = self.state.spec.pending_components
+            desired = self.obs.desired
+            if pending and desired is not None and desired.spec_hash == self.state.spec.spec_hash:
+                return self._next_component(live, promoted, desired)
+            left = ""
+            if pending:
+                # Git moved on (to a spec that failed before, or away): the rest of this one is not rolled
+                # out. Forget its hash, so that Git coming back to it rolls the rest out.
+                left = f"; {', '.join(pending)} not rolled out: Git no longer wants spec {self.state.spec.spec_hash}"
+                self.log["not_rolled_out"] = pending
             self.move(Phase.SUCCEEDED, "Promoted",
-                      f"revision {promoted} serves 100% (commit {_short(self.state.spec.commit)})",
-                      stable_revision=promoted, canary_revision=None, step=-1, weight=100)
+                      f"{self.comp} revision {promoted} serves 100% (commit {_short(self.state.spec.commit)}){left}",
+                      stable_revision=promoted, canary_revision=None, step=-1, weight=100,
+                      promoted_components=[*self.state.status.promoted_components, self.comp])
+            if pending:
+                self.state = self.state.evolve(spec={"pending_components": [], "spec_hash": None})
             self.schedule(self.later(IDLE_RECHECK_S))
             return self.done()
         self.schedule(self.later(POLL_S))
@@ -615,7 +769,8 @@ class _Tick:
     def _rollback(self, reason: str, message: str) -> Decision:
         st = self.state.status
         self.actions.append(Rollback(self.comp))
-        self.move(Phase.ROLLING_BACK, reason, f"rolling back to {st.stable_revision}: {message}", warning=True,
+        self.move(Phase.ROLLING_BACK, reason, f"rolling back the {self.comp} to {st.stable_revision}: {message}",
+                  warning=True,
                   weight=0, failed_spec_hashes=_add(st.failed_spec_hashes, self.state.spec.spec_hash))
         self.schedule(self.later(POLL_S))
         return self.done()
@@ -623,16 +778,20 @@ class _Tick:
     def _rolling_back(self, live: LiveService) -> Decision:
         st = self.state.status
         comp = live.component(self.comp)
-        if live.canary_percent not in (0, None):
+        if self.pct(live) not in (0, None):
             self.actions.append(Rollback(self.comp))
-        if live.canary_percent in (0, None) and comp.percent_of(st.canary_revision) == 0:
+        if self.pct(live) in (0, None) and comp.percent_of(st.canary_revision) == 0:
             spec_hash = self.state.spec.spec_hash
+            others = _others_note(st.promoted_components, self.state.spec.pending_components)
             if spec_hash in st.failed_spec_hashes:
                 self.move(Phase.FAILED, "RolledBack",
-                          f"all traffic on {st.stable_revision}; spec {spec_hash} (commit "
-                          f"{_short(self.state.spec.commit)}) will not be retried until Git changes", warning=True)
+                          f"all {self.comp} traffic on {st.stable_revision}; spec {spec_hash} (commit "
+                          f"{_short(self.state.spec.commit)}) will not be retried until Git changes{others}",
+                          warning=True)
             else:
-                self.move(Phase.ABORTED, "Aborted", f"all traffic on {st.stable_revision}; canary abandoned")
+                self.move(Phase.ABORTED, "Aborted",
+                          f"all {self.comp} traffic on {st.stable_revision}; canary abandoned{others}")
+            self.state = self.state.evolve(spec={"pending_components": []})
             self.schedule(self.later(IDLE_RECHECK_S))
             return self.done()
         self.schedule(self.later(POLL_S))
@@ -661,10 +820,30 @@ def _promoted_revision(state: RolloutState, live: LiveService) -> str | None:
     if comp.latest_rolledout == st.canary_revision and comp.percent_of(st.canary_revision) == 100:
         return st.canary_revision
     rolled = comp.latest_rolledout
-    if (live.canary_percent is None and rolled is not None and comp.latest_ready == rolled
+    if (component_percent(live, state.spec.component) is None and rolled is not None and comp.latest_ready == rolled
             and comp.percent_of(rolled) == 100 and subset_matches(state.spec.last_applied or {}, live.manifest)):
         return rolled
     return None
+
+
+def _renews(applied: dict[str, Any], live: LiveService, component: str, *, spec_only: bool = False) -> bool:
+    """Re-applying `applied` would make a new revision of `component`: its spec section (or, unless
+    `spec_only`, the labels/annotations KServe copies into every revision) differs on the live service."""
+    part: dict[str, Any] = {"spec": {component: comps.component_spec(applied, component) or {}}}
+    if not spec_only:
+        meta = applied.get("metadata") or {}
+        part["metadata"] = {k: meta[k] for k in ("labels", "annotations") if k in meta}
+    return bool(spec_differences(part, live.manifest))
+
+
+def _others_note(promoted: list[str], pending: list[str]) -> str:
+    """How the other components of a failed or aborted spec were left."""
+    note = ""
+    if promoted:
+        note += f"; {', '.join(promoted)} already promoted and stay{'s' if len(promoted) == 1 else ''} promoted"
+    if pending:
+        note += f"; {', '.join(pending)} not rolled out (left on the stable revision)"
+    return note
 
 
 def _add(items: list[str], item: str | None) -> list[str]:

@@ -146,7 +146,8 @@ class ApplySpec:
     """Create the service, or merge-patch it from `last_applied` to `manifest` (DESIGN §8).
 
     `canary_percent` is written into the component with the manifest (0 for a new canary, so no traffic
-    moves before the new revision is Ready); None leaves the field out (a plain create).
+    moves before the new revision is Ready); None leaves the field out (a plain create, or a change with no
+    canary). Components still waiting for their turn carry their own percent (0) in `manifest` itself.
     """
 
     manifest: dict[str, Any]

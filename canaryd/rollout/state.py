@@ -109,6 +109,8 @@ class HistoryRecord(_Frozen):
     step: int = -1
     weight: int = 0
     commit: str | None = None
+    #: The component the move was about (several roll out one after another).
+    component: str | None = None
 
 
 class Control(_Frozen):
@@ -125,7 +127,11 @@ class RolloutSpec(_Frozen):
     """What canaryd is rolling out: the ModelRollout's `spec`."""
 
     target: TargetRef
+    #: The component whose canary is in flight (or was last rolled out).
     component: str = "predictor"
+    #: Changed components still to roll out after `component`, in the policy's order. Until its turn, each
+    #: keeps its previous spec in `last_applied` (the applied manifest is the desired one minus these).
+    pending_components: list[str] = Field(default_factory=list, alias="pendingComponents")
     commit: str | None = None
     spec_hash: str | None = Field(default=None, alias="specHash")
     last_applied: dict[str, Any] | None = Field(default=None, alias="lastApplied")
@@ -158,6 +164,11 @@ class RolloutStatus(_Frozen):
     next_check_at: datetime | None = Field(default=None, alias="nextCheckAt")
     pre_rollout_passed: bool = Field(default=False, alias="preRolloutPassed")
     paused_from: Phase | None = Field(default=None, alias="pausedFrom")
+    #: Components of this spec already promoted (they stay promoted if a later one fails).
+    promoted_components: list[str] = Field(default_factory=list, alias="promotedComponents")
+    #: latestCreatedRevision of each pending component before the first apply of this rollout made it a new
+    #: revision (a labels/annotations change renews every component): its canary is the revision after it.
+    component_baselines: dict[str, str] = Field(default_factory=dict, alias="componentBaselines")
     drift_count: int = Field(default=0, alias="driftCount")
     last_drift: str | None = Field(default=None, alias="lastDrift")
     message: str = ""
@@ -192,6 +203,7 @@ class RolloutState(_Frozen):
         record = HistoryRecord(
             at=now, phase=phase, from_phase=current, reason=reason, message=message,
             step=updated.status.step, weight=updated.status.weight, commit=updated.spec.commit,
+            component=updated.spec.component,
         )
         history = [*self.status.history, record][-MAX_HISTORY:]
         since = now if phase != current else self.status.phase_since
@@ -200,7 +212,7 @@ class RolloutState(_Frozen):
     def reset(self, *, now: datetime, reason: str, message: str) -> RolloutState:
         """Back to Idle from any phase: the one escape from the table, for when the service itself vanished."""
         record = HistoryRecord(at=now, phase=Phase.IDLE, from_phase=self.status.phase, reason=reason,
-                               message=message, commit=self.spec.commit)
+                               message=message, commit=self.spec.commit, component=self.spec.component)
         return self.evolve(phase=Phase.IDLE, phase_since=now, message=message, step=-1, weight=0,
                            canary_revision=None, history=[*self.status.history, record][-MAX_HISTORY:])
 

@@ -6,6 +6,11 @@ Routing comes only from API objects (InferenceService status traffic, Knative Re
 the KServe controller emulator writes, so the two sandbox parts meet only through the Kubernetes API.
 KFServing's `serving.kubeflow.org/v1alpha2` services are routed too, when that API is served.
 
+A service with a transformer answers in two hops, as on KServe: the transformer revision (chosen by the
+transformer's split) and then the predictor revision (by the predictor's split). Each hop behaves as its
+own version says and records its own queue-proxy series; a hop that fails answers at once (a failed
+transformer never calls the predictor); the response's latency is the sum of the hops'.
+
 Everything that decides a request's fate is deterministic given the scenario seed: which revision a
 request goes to (a per-service draw), whether it fails and how slow it is (per-revision draws), and the
 latency that is recorded (the emulated one, not wall time). Two runs with the same traffic order give
@@ -34,7 +39,9 @@ from canaryd.sandbox.routing import (
     Revision,
     RoutingTable,
     Selected,
+    Unavailable,
     build_table,
+    next_hop,
     split_host,
 )
 from canaryd.sandbox.scenario import Scenario, VersionBehaviour, unit_draw
@@ -328,21 +335,39 @@ class DataPlane:
         address = self._address(request, table)
         if address is None:
             return JSONResponse({"error": "no such service"}, status_code=404)
+        hops: list[str] = []
+        latency_ms = 0.0
+        hop: Address | None = address
+        while hop is not None:
+            selection = self._select(table, scenario, hop)
+            if not isinstance(selection, Selected):
+                return JSONResponse({"error": selection.reason, "revisions": hops}, status_code=503)
+            revision = selection.revision
+            hops.append(revision.name)
+            outcome = await self._answer(scenario, revision)
+            latency_ms += outcome.latency_ms
+            if outcome.status >= 500:
+                return JSONResponse(
+                    {"error": "emulated model failure", "revision": revision.name, "revisions": hops,
+                     "latencyMs": latency_ms},
+                    status_code=outcome.status,
+                )
+            hop = next_hop(hop)
+        return JSONResponse({"predictions": [1], "revision": hops[0], "revisions": hops, "latencyMs": latency_ms})
+
+    def _select(self, table: RoutingTable, scenario: Scenario, address: Address) -> Selected | Unavailable:
+        """The revision for one request to `address`, or why there is none."""
         draw = 0.0  # a tag host has one revision; it takes no draw, so it does not shift the split
         if address.tag is None:
             route_n = self._next(self._route_counters, address.key)
             draw = unit_draw(scenario.seed, "route:" + "/".join(address.key), route_n)
-        selection = table.select(address, draw)
-        if not isinstance(selection, Selected):
-            return JSONResponse({"error": selection.reason}, status_code=503)
-        revision = selection.revision
+        return table.select(address, draw)
+
+    async def _answer(self, scenario: Scenario, revision: Revision) -> Outcome:
+        """One revision serves one request, as its version behaves; its queue-proxy records it."""
         n = self._next(self._revision_counters, (revision.namespace, revision.name))
         outcome = emulate(scenario.seed, revision.name, n, scenario.behaviour(revision.storage_uri))
         await asyncio.sleep(outcome.latency_ms / 1000.0)
         pod = f"{revision.name}-deployment-0"
         self.metrics.record(revision, pod, outcome.status, ROUTE_TAG_DISABLED, outcome.latency_ms)
-        if outcome.status >= 500:
-            return JSONResponse(
-                {"error": "emulated model failure", "revision": revision.name}, status_code=outcome.status
-            )
-        return JSONResponse({"predictions": [1], "revision": revision.name})
+        return outcome

@@ -5,6 +5,10 @@ table can be tested without a server and rebuilt from scratch on every refresh (
 to drift). Like a Knative ingress, it routes a service's untagged host by the traffic percents and a
 tag host (`{tag}-{isvc}`) to the tagged revision only, whatever its percent.
 
+A v1beta1 service with a transformer is entered through it, as KServe's ingress does: the service's host
+goes to a transformer revision (by `status.components.transformer.traffic`), and the transformer calls
+the predictor, whose own split picks the predictor revision (`next_hop`).
+
 A KFServing `serving.kubeflow.org/v1alpha2` service is routed as its Istio VirtualService routes it: the
 weights are `status.traffic` (default endpoint) and `status.canaryTraffic` (canary endpoint), and each
 endpoint's share goes to the newest Ready revision of that endpoint's Knative Service, as Knative routes
@@ -26,6 +30,7 @@ CONFIGURATION_LABEL = "serving.knative.dev/configuration"
 SERVICE_LABEL = "serving.knative.dev/service"
 V1ALPHA2 = "serving.kubeflow.org/v1alpha2"
 DEFAULT_COMPONENT = "predictor"
+TRANSFORMER = "transformer"
 COMPONENTS = ("predictor", "transformer", "explainer")
 
 
@@ -181,8 +186,9 @@ def parse_routes(obj: Mapping[str, Any], revisions: Iterable[Revision] = ()) -> 
     """One route per component with a `traffic` list in the status, and always one for the predictor.
 
     A service that exists but has no traffic yet still gets a (empty) predictor route, so that requests
-    to it are answered 503 (exists, nothing ready), not 404 (no such host). `revisions` are needed for a
-    v1alpha2 service, whose status names no serving revision.
+    to it are answered 503 (exists, nothing ready), not 404 (no such host); so does a transformer in the
+    spec, since requests enter through it. `revisions` are needed for a v1alpha2 service, whose status
+    names no serving revision.
     """
     meta = obj.get("metadata") or {}
     name, namespace = meta.get("name"), meta.get("namespace")
@@ -205,8 +211,11 @@ def parse_routes(obj: Mapping[str, Any], revisions: Iterable[Revision] = ()) -> 
             if isinstance(entry, dict) and entry.get("revisionName")
         )
         routes.append(ComponentRoute(namespace, name, str(component), targets))
-    if not any(route.component == DEFAULT_COMPONENT for route in routes):
-        routes.append(ComponentRoute(namespace, name, DEFAULT_COMPONENT, ()))
+    spec = obj.get("spec") or {}
+    for component in (DEFAULT_COMPONENT, TRANSFORMER):
+        wanted = component == DEFAULT_COMPONENT or isinstance(spec.get(component), Mapping)
+        if wanted and not any(route.component == component for route in routes):
+            routes.append(ComponentRoute(namespace, name, component, ()))
     return routes
 
 
@@ -239,7 +248,8 @@ def build_table(isvcs: Iterable[Mapping[str, Any]], revisions: Iterable[Mapping[
     # Plain names first, so that a tag host never shadows a real service whose name has a dash.
     for (ns, isvc, component), route in sorted(routes.items()):
         if component == DEFAULT_COMPONENT:
-            names.setdefault((ns, isvc), Address(ns, isvc, component))
+            entry = TRANSFORMER if (ns, isvc, TRANSFORMER) in routes else component
+            names.setdefault((ns, isvc), Address(ns, isvc, entry))
         names.setdefault((ns, route.knative_service), Address(ns, isvc, component))
     for (ns, isvc, component), route in sorted(routes.items()):
         for tag in sorted(route.tags):
@@ -250,6 +260,14 @@ def build_table(isvcs: Iterable[Mapping[str, Any]], revisions: Iterable[Mapping[
                 names.setdefault((ns, f"{tag}-{isvc}"), Address(ns, isvc, component, tag))
             names.setdefault((ns, f"{tag}-{route.knative_service}"), Address(ns, isvc, component, tag))
     return RoutingTable(routes=routes, revisions=revs, names=names)
+
+
+def next_hop(address: Address) -> Address | None:
+    """Where a component sends the request on: a transformer calls its service's predictor (by the
+    predictor's split, whatever tag reached the transformer); a predictor answers itself."""
+    if address.component == TRANSFORMER:
+        return Address(address.namespace, address.isvc, DEFAULT_COMPONENT)
+    return None
 
 
 def split_host(host: str, domain: str) -> tuple[str, str] | None:

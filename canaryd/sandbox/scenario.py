@@ -2,7 +2,8 @@
 
 One scenario file drives both the KServe controller emulator (when a revision becomes Ready, or never)
 and the data plane (which answers each request with an error or not, and how slowly). Versions are keyed
-by the predictor's `storageUri`, since that is what a team changes in Git to ship a new model version.
+by what a team changes in Git to ship a new version of a component: its `storageUri` (a model), or else
+its first container's `image` (a transformer, a custom predictor).
 Behaviour is seeded so that an end-to-end test sees the same error schedule on every run.
 """
 
@@ -60,12 +61,22 @@ def unit_draw(seed: int, key: str, n: int) -> float:
     return int.from_bytes(h, "big") / 2**64
 
 
-def storage_uri_of(component_spec: dict[str, Any]) -> str | None:
-    """The model version of a v1beta1 component spec (new `model:` shape or the older framework keys)."""
+def version_key_of(component_spec: dict[str, Any]) -> str | None:
+    """The version of a v1beta1 component spec: its `storageUri` (new `model:` shape or the older framework
+    keys), else the `image` of its first container."""
     model = component_spec.get("model")
     if isinstance(model, dict) and isinstance(model.get("storageUri"), str):
         return str(model["storageUri"])
     for value in component_spec.values():
         if isinstance(value, dict) and isinstance(value.get("storageUri"), str):
             return str(value["storageUri"])
+    containers = component_spec.get("containers")
+    if isinstance(containers, list) and containers and isinstance(containers[0], dict):
+        image = containers[0].get("image")
+        if isinstance(image, str):
+            return image
     return None
+
+
+#: The former name, from when only models had versions.
+storage_uri_of = version_key_of

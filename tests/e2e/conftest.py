@@ -23,6 +23,9 @@ SCENARIO = {
         "gs://e2e/slow": {**GOOD, "latencyMs": {"base": 400, "p99": 900}},
         "gs://e2e/never-ready": {**GOOD, "neverReady": True},
         "gs://e2e/broken": {**GOOD, "errorRate": 1.0},
+        "example/tx:v1": GOOD,
+        "example/tx:v2": {**GOOD, "latencyMs": {"base": 18, "p99": 50}},
+        "example/tx:errors": {**GOOD, "errorRate": 0.3},
     },
 }
 
