@@ -481,21 +481,7 @@ def _knative_component(
 
     identity = template_identity(isvc, component)
     digest = stable_hash(identity)
-    created: tuple[RevisionRecord, ...] = ()
-    if not revs or revs[-1].template_hash != digest:
-        number = revs[-1].number + 1 if revs else 1
-        fresh = RevisionRecord(
-            name=f"{name}-{component}-{number:05d}",
-            component=component,
-            number=number,
-            template_hash=digest,
-            storage_uri=storage_uri_of(identity["spec"]),
-            created_at=now,
-            spec=identity["spec"],
-        )
-        fresh = replace(fresh, readiness=revision_readiness(fresh, behaviour(fresh.storage_uri), now))
-        revs.append(fresh)
-        created = (fresh,)
+    created = _next_revision(revs, f"{name}-{component}", component, digest, identity["spec"], behaviour, now)
 
     latest = revs[-1]
     ready_revs = [r for r in revs if r.readiness.status == "True"]
@@ -534,6 +520,19 @@ def _knative_component(
         status["url"] = _host(name, component, namespace, options.domain)
         status["address"] = {"url": f"http://{name}-{component}.{namespace}.svc.cluster.local"}
     return _ComponentResult(status, view, memo, created)
+
+
+def _next_revision(revs: list[RevisionRecord], config: str, component: str, digest: str, spec: Json,
+                   behaviour: Behaviour, now: datetime, endpoint: str = "") -> tuple[RevisionRecord, ...]:
+    """A new revision (appended to `revs`) when the template changed, as Knative's Configuration makes one."""
+    if revs and revs[-1].template_hash == digest:
+        return ()
+    number = revs[-1].number + 1 if revs else 1
+    fresh = RevisionRecord(name=f"{config}-{number:05d}", component=component, number=number, template_hash=digest,
+                           storage_uri=storage_uri_of(spec), created_at=now, spec=spec, endpoint=endpoint)
+    fresh = replace(fresh, readiness=revision_readiness(fresh, behaviour(fresh.storage_uri), now))
+    revs.append(fresh)
+    return (fresh,)
 
 
 def ksvc_readiness(
@@ -862,24 +861,9 @@ def _endpoint_ksvc(
     identity = endpoint_identity(isvc, endpoint, component)
     digest = stable_hash(identity)
     revs = sorted(revisions, key=lambda r: r.number)
-    created: tuple[RevisionRecord, ...] = ()
-    if not revs or revs[-1].template_hash != digest:
-        # Knative names a revision after its Configuration's generation: a Knative Service deleted and made
-        # again (a canary dropped, then a new one) starts over at 00001.
-        number = revs[-1].number + 1 if revs else 1
-        fresh = RevisionRecord(
-            name=f"{config}-{number:05d}",
-            component=component,
-            number=number,
-            template_hash=digest,
-            storage_uri=storage_uri_of(identity["spec"]),
-            created_at=now,
-            spec=identity["spec"],
-            endpoint=endpoint,
-        )
-        fresh = replace(fresh, readiness=revision_readiness(fresh, behaviour(fresh.storage_uri), now))
-        revs.append(fresh)
-        created = (fresh,)
+    # Knative names a revision after its Configuration's generation: a Knative Service deleted and made
+    # again (a canary dropped, then a new one) starts over at 00001.
+    created = _next_revision(revs, config, component, digest, identity["spec"], behaviour, now, endpoint)
     latest = revs[-1]
     ready_revs = [r for r in revs if r.readiness.status == "True"]
     ready, _, _ = ksvc_readiness(latest, ready_revs[-1].name if ready_revs else "", config, now)
