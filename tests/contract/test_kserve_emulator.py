@@ -21,6 +21,7 @@ from kubernetes import client, config, watch
 
 from canaryd.sandbox.kserve import KServeEmulator
 from canaryd.sandbox.scenario import Scenario, VersionBehaviour
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KSERVE_CRD = ROOT.parent / "shared" / "kserve" / "serving.kserve.io_inferenceservices.yaml"
@@ -32,7 +33,6 @@ SCENARIO = Scenario(
     default=VersionBehaviour(ready_after_s=0.2),
     versions={V2: VersionBehaviour(ready_after_s=1.0)},
 )
-DEADLINE_S = 30.0  # generous for a loaded 2-core machine
 
 
 @dataclass
@@ -118,18 +118,6 @@ def status_schema() -> jsonschema.protocols.Validator:
         pytest.skip(f"the real KServe CRD is not at {KSERVE_CRD}")
     crd = yaml.load(KSERVE_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     return jsonschema.Draft7Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"])
-
-
-def wait_for(what: str, probe: Callable[[], Any], deadline_s: float = DEADLINE_S) -> Any:
-    """Poll until `probe` returns something truthy; fail with the last value after the deadline."""
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
 def predictor(isvc: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,8 @@ with the CRD's own schema (jsonschema), as an independent second opinion.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from canaryd.sandbox.kserve import KServeEmulator
 from canaryd.sandbox.kubeapi import KubeApiEmulator, load_crds
 from canaryd.sandbox.kubeapi.kfserving import TRAFFIC_BOUNDS_EXCEEDED, TRAFFIC_WITHOUT_CANARY, install_kfserving_webhook
 from canaryd.sandbox.scenario import LatencyModel, Scenario, VersionBehaviour
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SANDBOX = ROOT / "canaryd" / "sandbox"
@@ -46,7 +46,6 @@ SCENARIO = Scenario(
     versions={V2: VersionBehaviour(ready_after_s=0.5, latency_ms=INSTANT),
               BAD: VersionBehaviour(ready_after_s=0.2, never_ready=True)},
 )
-DEADLINE_S = 30.0  # generous: a loaded 2-core CI machine; the passing case returns as soon as it holds
 
 
 @dataclass
@@ -105,17 +104,6 @@ def manifest(name: str, uri: str, **labels: str) -> dict[str, Any]:
         "metadata": {"name": name, "namespace": NS, "labels": dict(labels), "annotations": {}},
         "spec": {"default": {"predictor": {"sklearn": {"storageUri": uri}}}},
     }
-
-
-def wait_for(what: str, probe: Callable[[], Any], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    last: Any = None
-    while time.monotonic() < end:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}; last: {last!r}")
 
 
 def condition(obj: dict[str, Any], kind: str) -> str | None:
