@@ -38,15 +38,15 @@ class StateStore:
         return RolloutState.from_storage(_as_object(obj))
 
     def save(self, state: RolloutState) -> RolloutState:
-        """Create or replace the ModelRollout; the state with the resourceVersion the server gave it.
+        """Create or replace the ModelRollout in ONE write; the state with its new resourceVersion.
 
-        A Conflict on the status write leaves the spec write in place; that is fine, since the caller
-        re-reads and decides again from whatever is stored.
+        Spec and status go together (the CRD has no status subresource on purpose): two writes could be
+        torn by a crash or a conflict in between, leaving a new spec with an old status that a restart
+        or `canaryd status` would read as one state.
         """
         target = state.spec.target
         namespace, name = target.namespace, target.name
         body = state.for_storage()
-        status = body.pop("status")
         if state.resource_version is None:
             with api_call(f"create ModelRollout {namespace}/{name}"):
                 written = self._api.create_namespaced_custom_object(
@@ -57,13 +57,7 @@ class StateStore:
                 written = self._api.replace_namespaced_custom_object(
                     GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self._timeout
                 )
-        body["metadata"]["resourceVersion"] = _resource_version(_as_object(written))
-        body["status"] = status
-        with api_call(f"write status of ModelRollout {namespace}/{name}"):
-            final = self._api.replace_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=self._timeout
-            )
-        return state.model_copy(update={"resource_version": _resource_version(_as_object(final))})
+        return state.model_copy(update={"resource_version": _resource_version(_as_object(written))})
 
     def list(self, namespace: str | None = None) -> builtins.list[RolloutState]:
         """Every ModelRollout in `namespace`, or in all namespaces when None (paged)."""
