@@ -1,8 +1,7 @@
 """Persist RolloutState as ModelRollout custom resources (DESIGN §8), with optimistic concurrency.
 
-The CRD has a status subresource, so the API server ignores `status` in writes to the main resource and
-`spec` in writes to `/status`: a save is two writes, each carrying the resourceVersion the previous one
-returned. Any 409 (another writer got there first, or the object already exists) surfaces as `Conflict`;
+A save is one write of spec and status together, carrying the resourceVersion that was read (the CRD
+has no status subresource, so the write cannot be torn in two). Any 409 (another writer got there first, or the object already exists) surfaces as `Conflict`;
 the controller then re-reads and decides again instead of overwriting what it has not seen.
 """
 
