@@ -1,7 +1,8 @@
 """Persist RolloutState as ModelRollout custom resources (DESIGN §8), with optimistic concurrency.
 
 A save is one write of spec and status together, carrying the resourceVersion that was read (the CRD
-has no status subresource, so the write cannot be torn in two). Any 409 (another writer got there first, or the object already exists) surfaces as `Conflict`;
+has no status subresource, so the write cannot be torn in two). Any 409 (another writer got there
+first, or the object already exists) surfaces as `Conflict`;
 the controller then re-reads and decides again instead of overwriting what it has not seen.
 """
 
