@@ -100,10 +100,6 @@ def traffic(env: Env, name: str, component: str) -> dict[str, int]:
             if t.get("percent")}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN BUG, open: multi-component rollouts are timing-dependent. In fresh-clone CI runs this test failed"
-    " once in three (a transformer rollout stuck in Promoting; a bad transformer read as Succeeded). It passes"
-    " when run alone. Non-strict so that it keeps running and reporting while the engine is fixed."))
 def test_transformer_canary_promotes_a_good_image_and_rolls_back_a_bad_one(env: Env) -> None:
     deploy(env, "tx", [TX])
     rec = SpecRecorder(env.api, env.ns, "tx")
@@ -140,10 +136,6 @@ def test_transformer_canary_promotes_a_good_image_and_rolls_back_a_bad_one(env: 
     assert rollback and "error rate" in rollback[0].message
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN BUG, open: multi-component rollouts are timing-dependent. In fresh-clone CI runs this test failed"
-    " once in three (a transformer rollout stuck in Promoting; a bad transformer read as Succeeded). It passes"
-    " when run alone. Non-strict so that it keeps running and reporting while the engine is fixed."))
 def test_transformer_then_predictor_each_promoted_in_turn(env: Env) -> None:
     deploy(env, "both", [TX, PRED])
     rec = SpecRecorder(env.api, env.ns, "both")

@@ -26,6 +26,7 @@ from kubernetes.client.rest import ApiException
 from starlette.responses import JSONResponse, Response
 
 from canaryd.sandbox.kubeapi import KubeApiEmulator, RequestInfo, load_crds, status_body
+from canaryd.sandbox.kubeapi import app as kubeapi_app
 
 REPO = Path(__file__).resolve().parents[2]
 LITE_CRD = REPO / "canaryd" / "sandbox" / "crds" / "inferenceservice-lite.yaml"
@@ -821,3 +822,35 @@ def test_command_line_serves_until_sigterm(tmp_path: Path) -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_a_closing_bookmark_never_skips_events_still_queued_for_the_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (multi-component e2e flake): a watch that ended with events still queued sent a bookmark
+    at the store's newest resourceVersion, so the client resumed past them and never saw those writes (the
+    KServe emulator then never reconciled a promotion). The bookmark may only claim what was sent."""
+    monkeypatch.setattr(kubeapi_app, "MAX_WATCH_BACKLOG", 0)  # end the watch as soon as two events queue up
+    with KubeApiEmulator([], namespaces=["default"]) as emu:
+        lines: list[dict[str, Any]] = []
+
+        def read() -> None:
+            with httpx.stream("GET", f"{emu.url}/api/v1/namespaces/default/configmaps", timeout=30, params={
+                    "watch": "1", "resourceVersion": str(emu.store.resource_version),
+                    "allowWatchBookmarks": "true", "timeoutSeconds": "20"}) as r:
+                lines.extend(json.loads(line) for line in r.iter_lines() if line)
+
+        t = threading.Thread(target=read)
+        t.start()
+        deadline = time.monotonic() + 5
+        while not any(c.verb == "watch" for c in emu.calls) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        key = "/configmaps"
+        with emu.store.lock:  # three commits before the watch's event loop can take the first one
+            rvs = [int(emu.store.create(key, {"metadata": {"name": f"c{i}", "namespace": "default"}})[
+                "metadata"]["resourceVersion"]) for i in range(3)]
+        t.join(10)
+        sent = [int(e["object"]["metadata"]["resourceVersion"]) for e in lines if e["type"] != "BOOKMARK"]
+        bookmark = [int(e["object"]["metadata"]["resourceVersion"]) for e in lines if e["type"] == "BOOKMARK"]
+        assert bookmark, lines
+        assert sent and sent == rvs[:len(sent)]
+        assert len(sent) < 3, "the watch was meant to end with events still queued"
+        assert bookmark[-1] == sent[-1] < rvs[-1]  # a client resuming from it gets the rest

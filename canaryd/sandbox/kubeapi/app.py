@@ -249,8 +249,13 @@ class KubeApp:
 
         async def events() -> AsyncIterator[bytes]:
             deadline = loop.time() + timeout
+            # The newest resourceVersion this watch has passed on (or filtered out): what a closing bookmark
+            # may claim. Not the store's current one: events still queued for this watch would be skipped
+            # by a client resuming from it (the apiserver's bookmarks, too, only claim what was sent).
+            sent = max(watcher.since, since or 0)
             for past in backlog:
                 chunk = scope.encode(past)
+                sent = max(sent, past.rv)
                 if chunk:
                     yield chunk
             while True:
@@ -264,12 +269,13 @@ class KubeApp:
                 if ev is None:
                     return
                 chunk = scope.encode(ev)
+                sent = max(sent, ev.rv)
                 if chunk:
                     yield chunk
             if bookmarks:
                 yield _line({"type": "BOOKMARK", "object": {
                     "kind": rt.kind, "apiVersion": rt.api_version,
-                    "metadata": {"resourceVersion": str(store.resource_version)}}})
+                    "metadata": {"resourceVersion": str(sent)}}})
 
         return WatchResponse(events(), lambda: store.unwatch(watcher))
 

@@ -43,9 +43,12 @@ Deliver = Callable[[WatchEvent | None], None]
 class Watcher:
     """A subscription to one resource's events; `deliver(None)` means the server is going away."""
 
-    def __init__(self, key: str, deliver: Deliver) -> None:
+    def __init__(self, key: str, deliver: Deliver, since: int = 0) -> None:
         self.key = key
         self.deliver = deliver
+        #: Every event up to this resourceVersion is in the backlog or was before the watch began; later
+        #: ones arrive through `deliver`. A bookmark must never claim more than what was actually sent.
+        self.since = since
 
 
 def _meta(obj: Obj) -> dict[str, Any]:
@@ -157,7 +160,7 @@ class Store:
                 if since < start:
                     raise TooOldResourceVersion(since, start)
                 backlog = [ev for ev in self._history.get(key, ()) if ev.rv > since]
-            w = Watcher(key, deliver)
+            w = Watcher(key, deliver, self._rv)
             self._watchers.setdefault(key, set()).add(w)
             return w, backlog
 
