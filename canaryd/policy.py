@@ -123,7 +123,46 @@ def _check_placeholders(query: str) -> None:
             )
 
 
+JudgeMode = Literal["threshold", "compare", "sequential"]
+
+
+class Statistics(_Strict):
+    """Knobs of the statistical judges (`analysis.mode: compare | sequential`).
+
+    Both compare the canary with the stable revision over the same windows, so a bad model is caught by
+    how much worse it is than what it replaces, not by an absolute ceiling that a noisy baseline either
+    sits under or brushes against. `alpha` is spent over the whole rollout, not per analysis, so checking
+    more often does not make false rollbacks more likely.
+    """
+
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    beta: float = Field(default=0.05, gt=0, lt=0.5)
+    error_ratio: float = Field(default=2.0, alias="errorRatio", gt=1, le=1000)
+    tolerated_error_ratio: float = Field(default=1.0, alias="toleratedErrorRatio", ge=1)
+    latency_quantile: float = Field(default=0.99, alias="latencyQuantile", gt=0, lt=1)
+    min_latency_ratio: float = Field(default=1.2, alias="minLatencyRatio", gt=1, le=100)
+
+    @model_validator(mode="after")
+    def _ratios(self) -> Statistics:
+        if self.tolerated_error_ratio >= self.error_ratio:
+            raise ValueError(
+                f"toleratedErrorRatio ({self.tolerated_error_ratio}) must be below errorRatio ({self.error_ratio}):"
+                " the test tells a tolerated canary from a regression"
+            )
+        return self
+
+
+def _default_metrics(mode: object) -> list[dict[str, Any]]:
+    """Threshold mode checks absolute ceilings by default; the statistical modes compare with the stable
+    revision themselves, so their `metrics` hold only extra checks (custom PromQL, absolute guards)."""
+    if mode in ("compare", "sequential"):
+        return []
+    return [{"name": "error-rate", "max": 0.01}, {"name": "latency", "quantile": 0.99, "maxMs": 500}]
+
+
 class Analysis(_Strict):
+    mode: JudgeMode = "threshold"
+    statistics: Statistics = Field(default_factory=Statistics)
     every: str = "10s"
     warmup: str = "30s"
     min_requests: int = Field(default=200, alias="minRequests", ge=1)
@@ -131,13 +170,20 @@ class Analysis(_Strict):
     inconclusive_limit: int = Field(default=5, alias="inconclusiveLimit", ge=1)
     on_inconclusive: Literal["hold", "rollback"] = Field(default="hold", alias="onInconclusive")
     max_hold: str = Field(default="30m", alias="maxHold")
-    metrics: list[Metric] = Field(
-        default_factory=lambda: [
-            Metric(name="error-rate", max=0.01),
-            Metric(name="latency", quantile=0.99, max_ms=500),
-        ],
-        min_length=1,
-    )
+    metrics: list[Metric] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metrics_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "metrics" not in data:
+            return {**data, "metrics": _default_metrics(data.get("mode", "threshold"))}
+        return data
+
+    @model_validator(mode="after")
+    def _something_to_judge(self) -> Analysis:
+        if self.mode == "threshold" and not self.metrics:
+            raise ValueError("metrics: threshold mode needs at least one metric")
+        return self
 
     @field_validator("every", "max_hold")
     @classmethod

@@ -32,10 +32,41 @@ class RevisionReading(_Frozen):
     metrics: dict[str, MetricReading] = Field(default_factory=dict)
 
 
+class RevisionCounts(_Frozen):
+    """Exact counts of one revision over one window, for the statistical judges.
+
+    Differences of raw counter readings per series, with counter resets handled (DESIGN §6): never
+    `increase()`, which extrapolates to fractional counts. `None` = no data.
+    """
+
+    revision: str
+    requests: float | None
+    errors: float | None
+    #: Latency histogram upper bounds in ms, ascending and finite (Prometheus `le`, +Inf left out).
+    latency_bounds_ms: list[float] = Field(default_factory=list)
+    #: Observations per bucket, NOT cumulative: `latency_counts[i]` fell in (bounds[i-1], bounds[i]];
+    #: one more entry than bounds, the last one above the highest bound. Empty = no latency data.
+    latency_counts: list[float] = Field(default_factory=list)
+    #: Counter resets seen while differencing (a restarted pod): reported in the evidence.
+    resets: int = 0
+
+
+class WindowCounts(_Frozen):
+    """The canary's and the stable revision's exact counts over the same window."""
+
+    window_s: float
+    canary: RevisionCounts
+    stable: RevisionCounts | None = None
+    #: The PromQL that read the raw counters, for the evidence.
+    queries: list[str] = Field(default_factory=list)
+
+
 class AnalysisSamples(_Frozen):
     window_s: float
     canary: RevisionReading
     stable: RevisionReading | None = None
+    #: Exact counts for the statistical judges (None in threshold mode, or when they could not be read).
+    counts: WindowCounts | None = None
 
 
 class MetricVerdict(_Frozen):
@@ -44,6 +75,11 @@ class MetricVerdict(_Frozen):
     value: float | None = None
     baseline: float | None = None
     reason: str
+    #: Statistical judges: the test statistic and the boundary it was compared with.
+    statistic: float | None = None
+    threshold: float | None = None
+    #: Statistical judges: the counts and estimates behind the verdict (e.g. canary_requests, stable_p99_ms).
+    details: dict[str, float] = Field(default_factory=dict)
 
 
 class Verdict(_Frozen):
