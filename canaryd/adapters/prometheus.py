@@ -33,9 +33,9 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
-from canaryd.analysis import queries
+from canaryd.analysis import counters, queries
 from canaryd.analysis.queries import Profile, RenderContext
-from canaryd.analysis.samples import AnalysisSamples, MetricReading, RevisionReading
+from canaryd.analysis.samples import AnalysisSamples, MetricReading, RevisionCounts, RevisionReading, WindowCounts
 from canaryd.policy import Metric
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _STATUS = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.S)
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
 _MAX_ERROR_CHARS = 300
+_AT = "@at"  # key of the reading time among a revision's kept counter readings
 
 
 class _FileAuth(requests.auth.AuthBase):
@@ -186,7 +187,97 @@ class PrometheusSource:
             stable=stable,
         )
 
+    def read_counts(
+        self,
+        namespace: str,
+        revisions: Sequence[str],
+        previous: dict[str, dict[str, float]],
+        window_start: float,
+        *,
+        at: float | None = None,
+    ) -> tuple[list[RevisionCounts], dict[str, dict[str, float]], list[str]]:
+        """Exact counts of each revision since its previous readings (for the statistical judges).
+
+        Reads the raw counters at `at` and differences them per series (`canaryd.analysis.counters`).
+        A revision without previous readings is first read at `window_start`, so its first window counts
+        from there. Returns the counts (in `revisions` order, None counts where a query failed), the
+        readings to keep for the next analysis, and the queries run.
+        """
+        run = _Read(at=time.time() if at is None else at)
+        results: list[RevisionCounts] = []
+        kept: dict[str, dict[str, float]] = {}
+        ran: list[str] = []
+        for revision in revisions:
+            req_q = counters.raw_requests_query(self.profile, namespace, revision)
+            bucket_q = counters.raw_buckets_query(self.profile, namespace, revision)
+            ran += [req_q, bucket_q]
+            prev = previous.get(revision)
+            if prev is None:
+                start = _Read(at=min(window_start, run.at), broken=run.broken)
+                first_req, _ = self._query_vector(start, req_q)
+                first_buckets, _ = self._query_vector(start, bucket_q)
+                run.broken = run.broken or start.broken
+                if first_req is not None and first_buckets is not None:
+                    _, prev = counters.count(revision, self.profile, first_req, first_buckets, None)
+            req, _ = self._query_vector(run, req_q)
+            buckets, _ = self._query_vector(run, bucket_q)
+            if prev is None:
+                # Without a starting point nothing can be counted yet: keep this reading as the start.
+                counted, readings = counters.count(revision, self.profile, None, None, None)
+                if req is not None and buckets is not None:
+                    _, readings = counters.count(revision, self.profile, req, buckets, None)
+            else:
+                counted, readings = counters.count(revision, self.profile, req, buckets, prev)
+            results.append(counted)
+            # When these readings were taken (a failed query keeps the older ones, and their time).
+            readings[_AT] = run.at if req is not None and buckets is not None else (prev or {}).get(_AT, run.at)
+            kept[revision] = readings
+        return results, kept, ran
+
+    def window_counts(
+        self, namespace: str, canary: str, stable: str | None, previous: dict[str, dict[str, float]],
+        window_start: float, *, at: float | None = None,
+    ) -> tuple[WindowCounts, dict[str, dict[str, float]]]:
+        """`read_counts` for a canary and its stable revision over the same window."""
+        now = time.time() if at is None else at
+        names = [canary] + ([stable] if stable is not None else [])
+        counted, kept, ran = self.read_counts(namespace, names, previous, window_start, at=now)
+        since = (previous.get(canary) or {}).get(_AT, window_start)
+        window = max(0.0, now - since)
+        return WindowCounts(window_s=window, canary=counted[0], stable=counted[1] if stable else None,
+                            queries=ran), kept
+
     # --- internals ---
+
+    def _query_vector(self, run: _Read, promql: str) -> tuple[list[counters.Series] | None, str | None]:
+        """Every series of an instant vector (labels, value), or (None, why) when the query failed."""
+        if run.broken is not None:
+            return None, f"not queried: {run.broken}"
+        try:
+            result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
+        except requests.RequestException as exc:
+            run.broken = self._redact(self._describe_transport(exc))[:_MAX_ERROR_CHARS]
+            return None, run.broken
+        except PrometheusApiClientException as exc:
+            status, text = self._describe_status(exc)
+            text = self._redact(text)[:_MAX_ERROR_CHARS]
+            if status in (401, 403):
+                run.broken = text
+            return None, text
+        except (ValueError, KeyError, TypeError) as exc:
+            return None, f"unexpected answer from Prometheus at {self.safe_url}: {exc}"
+        if not isinstance(result, list):
+            return None, f"not an instant vector: {str(result)[:80]!r}"
+        out: list[counters.Series] = []
+        for item in result:
+            try:
+                labels = {str(k): str(v) for k, v in dict(item["metric"]).items()}
+                out.append((labels, float(item["value"][1])))
+            except (KeyError, TypeError, ValueError, IndexError):
+                return None, f"not an instant vector item: {str(item)[:80]!r}"
+        log.debug("query %s at %.3f -> %d series", promql, run.at, len(out))
+        return out, None
+
 
     def _read_revision(
         self, run: _Read, namespace: str, service: str, revision: str, metrics: Sequence[Metric], window: str

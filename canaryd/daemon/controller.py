@@ -110,18 +110,27 @@ class Controller:
         api_version = desired.manifest["apiVersion"] if desired else state.spec.target.api_version
         live = self.a.kserve.read(target.namespace, target.name, api_version)
         samples = None
+        readings = None
         request = analysis_request(state, in_force(state, policy), now)
         if request is not None:
             p = in_force(state, policy)
             started = time.monotonic()
+            at = now.timestamp()
             samples = self.a.prometheus.read(
                 request.namespace, request.service, request.canary_revision, request.stable_revision,
-                list(p.analysis.metrics), request.window_s,
+                list(p.analysis.metrics), request.window_s, at=at,
             )
+            if request.mode != "threshold" and request.window_start is not None:
+                counts, readings = self.a.prometheus.window_counts(
+                    request.namespace, request.canary_revision, request.stable_revision, request.counters,
+                    request.window_start.timestamp(), at=at,
+                )
+                samples = samples.model_copy(update={"counts": counts})
             for observe in self.on_analysis:
                 observe(time.monotonic() - started)
         gates = self.a.hooks.call_all(gate_requests(state, live, policy, now))
-        obs = Observation(desired=desired, live=live, samples=samples, gates=gates, prune=prune)
+        obs = Observation(desired=desired, live=live, samples=samples, counters=readings, gates=gates,
+                          prune=prune)
         decision = decide(state, obs, policy, now)
         new = decision.state
         changed = new != state

@@ -25,11 +25,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from canaryd.analysis.judge import judge
 from canaryd.analysis.samples import MetricVerdict, Verdict
 from canaryd.apply import already_applied, managed_part, spec_differences, subset_matches
 from canaryd.policy import PolicySpec, Webhook, spec_from_snapshot
 from canaryd.rollout import components as comps
+from canaryd.rollout.judging import judge_analysis, next_step_evidence, statistical
 from canaryd.rollout.model import (
     Action,
     AnalysisRequest,
@@ -107,6 +107,9 @@ def analysis_request(state: RolloutState, policy: PolicySpec, now: datetime) -> 
         canary_revision=st.canary_revision,
         stable_revision=st.stable_revision,
         window_s=(now - start).total_seconds(),
+        mode=p.analysis.mode,
+        window_start=start,
+        counters=dict(st.counters) if statistical(p.analysis) else {},
     )
 
 
@@ -602,7 +605,7 @@ class _Tick:
             self.move(Phase.PROGRESSING, "CanaryReady",
                       f"{self.comp} revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
                       step=0, weight=first, canary_revision=candidate, ready_at=self.now,
-                      step_started_at=self.now)
+                      step_started_at=self.now, evidence=None, counters={})
             self.schedule(self.later(p.analysis.warmup_s + p.analysis.every_s))
             return self.done()
         self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
@@ -656,7 +659,10 @@ class _Tick:
         if samples is None:
             self.schedule(self.later(p.analysis.every_s))
             return self.done()
-        verdict = _with_gates(judge(samples, p.analysis), self.obs.gates)
+        judged = judge_analysis(p.analysis, samples, st.evidence, self.obs.counters)
+        if judged.evidence is not None:
+            self.state = self.state.evolve(evidence=judged.evidence, counters=judged.counters or st.counters)
+        verdict = _with_gates(judged.verdict, self.obs.gates)
         rollback_yes = [g for g in self.obs.gates if g.type == "rollback" and g.ok]
         if rollback_yes:
             return self._rollback("RollbackWebhook", "; ".join(g.summary for g in rollback_yes))
@@ -665,16 +671,19 @@ class _Tick:
         self.log["verdict"] = verdict.summary
         self.schedule(self.later(p.analysis.every_s))
         if verdict.outcome == "fail":
-            return self._on_fail(verdict)
+            return self._on_fail(verdict, conclusive=judged.conclusive_fail)
         if verdict.outcome == "inconclusive":
             return self._on_inconclusive(verdict)
         return self._on_pass(verdict)
 
-    def _on_fail(self, verdict: Verdict) -> Decision:
+    def _on_fail(self, verdict: Verdict, *, conclusive: bool = False) -> Decision:
         failed = self.state.status.failed_analyses + 1
         limit = self.p.analysis.failure_limit
         self.state = self.state.evolve(failed_analyses=failed, inconclusive_in_row=0)
         self.event("AnalysisFailed", f"analysis failed ({failed}/{limit}): {verdict.summary}", warning=True)
+        if conclusive:
+            return self._rollback("AnalysisFailed", f"{self.p.analysis.mode} judge: regression detected"
+                                  f" (alpha {self.p.analysis.statistics.alpha:g} over the rollout): {verdict.summary}")
         if failed >= limit:
             return self._rollback("AnalysisFailed",
                                   f"failed analyses ({failed}) reached failureLimit ({limit}): {verdict.summary}")
@@ -722,6 +731,7 @@ class _Tick:
         if nxt < len(p.steps):
             weight = p.steps[nxt]
             self.actions.append(SetTraffic(self.comp, weight))
+            self.state = self.state.evolve(evidence=next_step_evidence(p.analysis, self.state.status.evidence))
             self.move(Phase.PROGRESSING, "StepAdvanced",
                       f"{self.comp} step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
                       step=nxt, weight=weight, step_started_at=self.now)

@@ -9,6 +9,7 @@ executing one twice after a crash is harmless.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -110,6 +111,8 @@ class Observation(_Frozen):
     desired: Desired | None
     live: LiveService | None
     samples: AnalysisSamples | None = None
+    #: Statistical modes: the raw counter readings taken with `samples.counts`, kept for the next analysis.
+    counters: dict[str, dict[str, float]] | None = None
     gates: list[GateResult] = Field(default_factory=list)
     #: The service is absent from a complete, error-free Git read and `prune: true` is configured.
     prune: bool = False
@@ -124,6 +127,11 @@ class AnalysisRequest:
     canary_revision: str
     stable_revision: str | None
     window_s: float
+    #: The judge (`analysis.mode`): the statistical ones also need exact counts (`counters` below).
+    mode: str = "threshold"
+    #: When the window began, and the raw counter readings kept from the previous analysis.
+    window_start: datetime | None = None
+    counters: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from canaryd.analysis.samples import Verdict
+from canaryd.analysis.statjudge import Evidence
 
 GROUP = "canaryd.io"
 VERSION = "v1alpha1"
@@ -169,6 +170,10 @@ class RolloutStatus(_Frozen):
     #: latestCreatedRevision of each pending component before the first apply of this rollout made it a new
     #: revision (a labels/annotations change renews every component): its canary is the revision after it.
     component_baselines: dict[str, str] = Field(default_factory=dict, alias="componentBaselines")
+    #: The statistical judge's accumulated evidence for the canary in flight (None: nothing yet).
+    evidence: Evidence | None = None
+    #: Raw counter readings per revision at the last analysis, to count exact differences from.
+    counters: dict[str, dict[str, float]] = Field(default_factory=dict)
     drift_count: int = Field(default=0, alias="driftCount")
     last_drift: str | None = Field(default=None, alias="lastDrift")
     message: str = ""

@@ -365,3 +365,52 @@ def test_wait_for_series_gives_up_at_its_deadline(world: World) -> None:
     with pytest.raises(TimeoutError, match="no_such_metric"):
         world.prom.wait_for_series("no_such_metric", timeout=0.3)
     assert time.monotonic() - start < 2
+
+
+def test_exact_counts_telescope_over_consecutive_windows(world: World) -> None:
+    """Raw counter readings, differenced per series: whole numbers, nothing extrapolated, and two
+    consecutive windows add up to exactly the counter growth over both (nothing counted twice)."""
+    source = PrometheusSource(world.prom.url)
+    t0 = time.time() - 6
+    w1, kept = source.window_counts(NS, CANARY, STABLE, {}, t0, at=t0 + 3)
+    w2, _ = source.window_counts(NS, CANARY, STABLE, kept, t0, at=t0 + 6)
+    assert w1.window_s == pytest.approx(3) and w2.window_s == pytest.approx(3)
+
+    def raw(rev: str, at: float, extra: str = "") -> float:
+        value, error = source.query(f'sum(revision_request_count{{revision_name="{rev}"{extra}}})', at=at)
+        assert error is None and value is not None
+        return value
+
+    for w in (w1, w2):
+        assert w.stable is not None
+        canary, stable = w.canary, w.stable
+        assert canary.requests is not None and canary.errors is not None and stable.requests is not None
+        assert canary.requests % 100 == 0 and canary.requests > 0  # one batch of 100 per scrape
+        assert canary.errors == canary.requests * 5 / 100 and stable.requests % 200 == 0
+        assert sum(canary.latency_counts) == canary.requests
+        by_bound = dict(zip([*canary.latency_bounds_ms, float("inf")], canary.latency_counts, strict=True))
+        assert by_bound[60.0] == canary.requests * 0.9 and by_bound[450.0] == canary.requests * 0.1
+        assert canary.resets == 0 and w.queries and all("increase(" not in q for q in w.queries)
+    assert w1.canary.requests + w2.canary.requests == raw(CANARY, t0 + 6) - raw(CANARY, t0)
+    errors = ',response_code_class="5xx"'
+    assert w1.canary.errors + w2.canary.errors == raw(CANARY, t0 + 6, errors) - raw(CANARY, t0, errors)
+    assert kept[CANARY] and kept[STABLE]
+
+
+def test_exact_counts_of_an_unknown_revision_are_zero_not_made_up(world: World) -> None:
+    source = PrometheusSource(world.prom.url)
+    now = time.time()
+    w, _ = source.window_counts(NS, "iris-predictor-09999", None, {}, now - 3, at=now)
+    assert w.canary.requests == 0 and w.canary.errors == 0 and w.canary.latency_counts == []
+    assert w.stable is None
+
+
+def test_exact_counts_when_prometheus_is_down_are_no_data() -> None:
+    with socket.socket() as s:  # a port nothing listens on any more
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    source = PrometheusSource(f"http://127.0.0.1:{port}", timeout_s=1)
+    now = time.time()
+    w, kept = source.window_counts(NS, CANARY, STABLE, {CANARY: {"r:x": 5.0}}, now - 3, at=now)
+    assert w.canary.requests is None and w.canary.errors is None
+    assert kept[CANARY]["r:x"] == 5.0  # the older readings are kept to count from next time

@@ -26,6 +26,9 @@ SCENARIO = {
         "example/tx:v1": GOOD,
         "example/tx:v2": {**GOOD, "latencyMs": {"base": 18, "p99": 50}},
         "example/tx:errors": {**GOOD, "errorRate": 0.3},
+        # The statistical-judge scenario: a stable model that fails 5 % of requests, and a x3 regression.
+        "gs://e2e/base5pct": {**GOOD, "errorRate": 0.05},
+        "gs://e2e/errors3x": {**GOOD, "errorRate": 0.15},
     },
 }
 

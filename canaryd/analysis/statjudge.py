@@ -1,0 +1,441 @@
+"""The statistical judge (`analysis.mode: compare | sequential`): canary vs stable on exact counts.
+
+Pure (no I/O, no clock). Each analysis hands over one window of exact counts (`WindowCounts`: requests,
+errors and latency buckets of the canary and the stable revision over the same seconds) and the
+`Evidence` so far; the judge adds the window to the evidence and returns the verdict and the new
+evidence, which the engine stores in the ModelRollout status so a restart judges on with the same
+numbers.
+
+The two modes differ in what they accumulate and how they test errors (latency is tested alike):
+
+* `sequential`: everything accumulates over the whole rollout. Errors: Wald's SPRT of "canary error
+  rate = toleratedErrorRatio x stable's" against "= errorRatio x stable's", on the canary's share of the
+  errors (the baseline rate cancels, see `stats.canary_error_share`). Its rejection boundary is valid at
+  any sample size and any number of looks, so a clear regression fails within seconds.
+* `compare`: counts restart at every step (weights change, so each step is judged on its own traffic)
+  and errors are tested with the exact conditional binomial test at a spent level.
+
+Rules that hold in both modes:
+
+* A `fail` needs evidence whose error probability is bounded over the whole rollout: the SPRT
+  boundary, or a repeated test at its spent level `alpha_k = alpha' 6/(pi^2 k^2)` (k = look). The
+  rollout-wide budget `alpha` is split evenly between the two built-in checks (alpha' = alpha/2 each),
+  so a good canary is rolled back by this judge with probability <= alpha in total.
+* Repeated tests fail only when the difference is also big enough to matter (minimum effect): at high
+  traffic, a significant but tiny difference is not a regression.
+* A `pass` needs `minRequests` requests of the canary *and* of the stable revision in the judged scope
+  (the step for `compare`, the rollout for `sequential`) and complete data in this window; in
+  `sequential` mode also errors that do not lean towards a regression (`PASS_LLR`). Low traffic
+  is honest: inconclusive, never pass. Only the SPRT can fail below minRequests, because its boundary
+  is valid at any sample size; repeated tests are not run (no look is spent) until the gate is met.
+* Missing data (a `None` count, no stable revision, no histogram) never passes and is never added to the
+  evidence. A window with a counter reset is still exact (the adapter differences per series).
+
+Latency quantiles are Prometheus's `histogram_quantile`: a quantile beyond the highest finite bucket is
+reported as that bound, so the canary/stable ratio is then underestimated (conservative); the rank test
+still sees the whole shift.
+
+`analysis.metrics` (custom PromQL, absolute guards) are not judged here: the engine judges them with
+the threshold judge and keeps the worst of both verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from canaryd.analysis import stats
+from canaryd.analysis.judge import REQUESTS_CHECK, fmt, worst
+from canaryd.analysis.samples import MetricVerdict, Outcome, RevisionCounts, Verdict, WindowCounts
+from canaryd.policy import Analysis, JudgeMode, Statistics
+
+ERROR_CHECK = "error-rate"
+LATENCY_CHECK = "latency"
+
+ALPHA_SHARE = 0.5
+"""Each of the two built-in checks gets this share of `Statistics.alpha` (Bonferroni): the judge as a whole
+then rolls back a good canary with probability <= alpha over the rollout, which is what a user reads
+`alpha` as."""
+
+
+PASS_LLR = 1.0
+"""`sequential`: the error-rate check passes only while the SPRT's llr is at most this, i.e. while a regression
+is at most e (2.7) times as likely as a tolerated canary. Between this and the rejection boundary the check
+is inconclusive, which holds the step: the SPRT keeps collecting at the current (low) weight, where the
+stable revision's traffic makes it learn fastest, instead of letting a leaning-bad canary advance on the
+clock and be promoted before the evidence is in. Holding costs no false rollbacks (the boundary is valid
+at any stopping time), only time; 0 would hold good canaries at low error rates for a long time after a
+single canary error (one error moves the llr by ~ln(errorRatio)), a larger value lets more bad canaries
+through (bench/decisions.py, 2x errors at 10 req/s and a 1 % baseline: 6.5 % promoted with 1, 26 % with no
+hold, while 0 rolled back 11 % of good canaries at 1 req/s and 0.1 % errors through maxHold)."""
+
+
+class Evidence(BaseModel):
+    """What the statistical judge has seen so far in a rollout; stored in the ModelRollout status.
+
+    JSON-safe (no inf/nan: the status is JSON), camelCase in JSON like the rest of the CRD. Counts are
+    floats because Prometheus counters are, but they are whole numbers in practice.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel, allow_inf_nan=False
+    )
+
+    #: Repeated tests performed so far in this rollout (all steps): look k is tested at alpha_k.
+    looks: int = Field(default=0, ge=0)
+    #: SPRT log-likelihood ratio of the error counts (sum over windows; `sequential` keeps it all rollout).
+    llr: float = 0.0
+    canary_requests: float = Field(default=0.0, ge=0)
+    canary_errors: float = Field(default=0.0, ge=0)
+    stable_requests: float = Field(default=0.0, ge=0)
+    stable_errors: float = Field(default=0.0, ge=0)
+    #: Windows added to the counts (and windows skipped for missing data), in the judged scope.
+    windows: int = Field(default=0, ge=0)
+    skipped_windows: int = Field(default=0, ge=0)
+    #: Histogram upper bounds (ms, finite, ascending) of the accumulated latency buckets below.
+    latency_bounds_ms: list[float] = Field(default_factory=list)
+    #: Non-cumulative bucket counts, one more than the bounds (the last one is +Inf); empty = none yet.
+    canary_latency: list[float] = Field(default_factory=list)
+    stable_latency: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _buckets(self) -> Evidence:
+        for name, counts in (("canaryLatency", self.canary_latency), ("stableLatency", self.stable_latency)):
+            if counts and len(counts) != len(self.latency_bounds_ms) + 1:
+                raise ValueError(f"{name} needs {len(self.latency_bounds_ms) + 1} buckets, has {len(counts)}")
+            if any(c < 0 for c in counts):
+                raise ValueError(f"{name} has a negative bucket count")
+        return self
+
+    def next_step(self, mode: JudgeMode) -> Evidence:
+        """The evidence a new step starts with.
+
+        `sequential` keeps everything: the SPRT and the accumulated buckets stay valid across steps (the
+        conditional test adjusts to each window's traffic split). `compare` judges each step on its own
+        window, because the weights changed, so counts, buckets and LLR restart; `looks` carries on in
+        both, because alpha is spent over the whole rollout, not per step.
+        """
+        if mode == "sequential":
+            return self
+        return Evidence(looks=self.looks)
+
+
+# --- reading one window --------------------------------------------------------------------------
+
+
+def _count(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What of one window can be used; `missing` says what could not, in words."""
+
+    counts: tuple[float, float, float, float] | None  # canary n, canary e, stable n, stable e
+    latency: tuple[list[float], list[float], list[float]] | None  # bounds, canary, stable
+    missing: list[str] = field(default_factory=list)
+    latency_missing: list[str] = field(default_factory=list)
+
+
+def _read_counts(window: WindowCounts) -> tuple[tuple[float, float, float, float] | None, list[str]]:
+    missing: list[str] = []
+    canary, stable = window.canary, window.stable
+    n_c, e_c = _count(canary.requests), _count(canary.errors)
+    if n_c is None:
+        missing.append("canary request count")
+    if e_c is None:
+        missing.append("canary error count")
+    if stable is None:
+        missing.append("stable revision")
+        return None, missing
+    n_s, e_s = _count(stable.requests), _count(stable.errors)
+    if n_s is None:
+        missing.append("stable request count")
+    if e_s is None:
+        missing.append("stable error count")
+    if n_c is None or e_c is None or n_s is None or e_s is None:
+        return None, missing
+    return (n_c, e_c, n_s, e_s), missing
+
+
+def _histogram(rev: RevisionCounts, who: str) -> tuple[list[float] | None, str | None]:
+    if not rev.latency_counts:
+        return None, f"{who} latency histogram"
+    if len(rev.latency_counts) != len(rev.latency_bounds_ms) + 1 or not rev.latency_bounds_ms:
+        return None, (f"{who} latency histogram (malformed: {len(rev.latency_counts)} counts for "
+                      f"{len(rev.latency_bounds_ms)} bounds)")
+    counts = [_count(c) for c in rev.latency_counts]
+    if any(c is None for c in counts):
+        return None, f"{who} latency bucket counts"
+    return [c for c in counts if c is not None], None
+
+
+def _read_latency(window: WindowCounts) -> tuple[tuple[list[float], list[float], list[float]] | None, list[str]]:
+    canary, stable = window.canary, window.stable
+    c_counts, c_missing = _histogram(canary, "canary")
+    if stable is None:
+        return None, [m for m in (c_missing, "stable revision") if m]
+    s_counts, s_missing = _histogram(stable, "stable")
+    missing = [m for m in (c_missing, s_missing) if m]
+    if missing or c_counts is None or s_counts is None:
+        return None, missing
+    if list(canary.latency_bounds_ms) != list(stable.latency_bounds_ms):
+        return None, ["matching latency buckets (canary and stable histograms have different bounds)"]
+    return (list(canary.latency_bounds_ms), c_counts, s_counts), []
+
+
+def _add(evidence: Evidence, window: WindowCounts, statistics: Statistics) -> tuple[Evidence, _Window]:
+    counts, missing = _read_counts(window)
+    latency, latency_missing = _read_latency(window)
+    update: dict[str, object] = {}
+    if counts is None:
+        update["skipped_windows"] = evidence.skipped_windows + 1
+    else:
+        n_c, e_c, n_s, e_s = counts
+        update.update(
+            llr=evidence.llr
+            + stats.error_llr_increment(
+                e_c, e_s, n_c, n_s, statistics.tolerated_error_ratio, statistics.error_ratio
+            ),
+            canary_requests=evidence.canary_requests + n_c,
+            canary_errors=evidence.canary_errors + e_c,
+            stable_requests=evidence.stable_requests + n_s,
+            stable_errors=evidence.stable_errors + e_s,
+            windows=evidence.windows + 1,
+        )
+    if latency is not None:
+        bounds, c_counts, s_counts = latency
+        if evidence.canary_latency and evidence.latency_bounds_ms == bounds:
+            c_counts = [a + b for a, b in zip(evidence.canary_latency, c_counts, strict=True)]
+            s_counts = [a + b for a, b in zip(evidence.stable_latency, s_counts, strict=True)]
+        # else: first histogram, or the buckets changed (new metric layout): the old buckets cannot be
+        # merged with the new ones, so latency evidence restarts from this window.
+        update.update(latency_bounds_ms=bounds, canary_latency=c_counts, stable_latency=s_counts)
+    new = Evidence.model_validate({**evidence.model_dump(), **update})
+    return new, _Window(counts=counts, latency=latency, missing=missing, latency_missing=latency_missing)
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def _pct(errors: float, requests: float) -> str:
+    if requests <= 0:
+        return f"{fmt(errors)}/0 errors"
+    return f"{fmt(errors)}/{fmt(requests)} errors ({100 * errors / requests:.2f}%)"
+
+
+def _rate(errors: float, requests: float) -> float | None:
+    return errors / requests if requests > 0 else None
+
+
+def error_ratio_estimate(canary_errors: float, canary_requests: float, stable_errors: float,
+                         stable_requests: float) -> float:
+    """Estimated canary/stable error-rate ratio, finite and JSON-safe.
+
+    One pseudo-error is shared between the revisions in proportion to their traffic (a prior centred on
+    "no difference"): the estimate is 1 when nobody erred, finite when the stable had no errors, and
+    the plain ratio of rates once there are a few errors. 1.0 when a side served nothing.
+    """
+    if canary_requests <= 0 or stable_requests <= 0:
+        return 1.0
+    share = canary_requests / (canary_requests + stable_requests)
+    return ((canary_errors + share) / canary_requests) / ((stable_errors + 1.0 - share) / stable_requests)
+
+
+def _count_details(ev: Evidence, ratio: float) -> dict[str, float]:
+    details = {
+        "canary_requests": ev.canary_requests,
+        "canary_errors": ev.canary_errors,
+        "stable_requests": ev.stable_requests,
+        "stable_errors": ev.stable_errors,
+        "ratio_estimate": ratio,
+    }
+    for key, e, n in (("canary_error_rate", ev.canary_errors, ev.canary_requests),
+                      ("stable_error_rate", ev.stable_errors, ev.stable_requests)):
+        r = _rate(e, n)
+        if r is not None:
+            details[key] = r
+    return details
+
+
+@dataclass(frozen=True)
+class _Gate:
+    verdict: MetricVerdict
+    passed: bool
+
+
+def _gate(ev: Evidence, win: _Window, min_requests: int, scope: str) -> _Gate:
+    details = {"canary_requests": ev.canary_requests, "stable_requests": ev.stable_requests,
+               "min_requests": float(min_requests)}
+    if win.counts is None:
+        reason = (f"no data for {', '.join(win.missing)} in this window; {scope} so far: "
+                  f"canary n={fmt(ev.canary_requests)}")
+        return _Gate(MetricVerdict(name=REQUESTS_CHECK, outcome="inconclusive", value=ev.canary_requests,
+                                   reason=reason, details=details), False)
+    short = [f"{who} n={fmt(n)} < minRequests {min_requests}"
+             for who, n in (("canary", ev.canary_requests), ("stable", ev.stable_requests)) if n < min_requests]
+    if short:
+        return _Gate(MetricVerdict(name=REQUESTS_CHECK, outcome="inconclusive", value=ev.canary_requests,
+                                   reason=f"{'; '.join(short)} ({scope})", details=details), False)
+    reason = (f"canary n={fmt(ev.canary_requests)}, stable n={fmt(ev.stable_requests)} >= minRequests "
+              f"{min_requests} ({scope})")
+    return _Gate(MetricVerdict(name=REQUESTS_CHECK, outcome="pass", value=ev.canary_requests, reason=reason,
+                               details=details), True)
+
+
+def _sprt(ev: Evidence, gate: _Gate, st: Statistics) -> MetricVerdict:
+    alpha = st.alpha * ALPHA_SHARE
+    lower, upper = stats.sprt_bounds(alpha, st.beta)
+    ratio = error_ratio_estimate(ev.canary_errors, ev.canary_requests, ev.stable_errors, ev.stable_requests)
+    details = _count_details(ev, ratio) | {
+        "llr": ev.llr, "sprt_upper": upper, "sprt_lower": lower, "alpha": alpha, "beta": st.beta,
+        "h0_ratio": st.tolerated_error_ratio, "h1_ratio": st.error_ratio,
+    }
+    counts = (f"canary {_pct(ev.canary_errors, ev.canary_requests)} vs stable "
+              f"{_pct(ev.stable_errors, ev.stable_requests)}; ratio {fmt(ratio)} vs H0 "
+              f"{fmt(st.tolerated_error_ratio)}, H1 {fmt(st.error_ratio)}")
+    outcome: Outcome
+    if ev.llr >= upper:
+        outcome = "fail"
+        reason = f"SPRT llr {ev.llr:.2f} >= {upper:.2f} (ln((1-beta)/alpha), alpha={fmt(alpha)}); {counts}"
+    else:
+        where = "H0 accepted, " if ev.llr <= lower else ""
+        head = f"SPRT llr {ev.llr:.2f} < {upper:.2f} ({where}lower {lower:.2f}); {counts}"
+        if not gate.passed:
+            outcome, reason = "inconclusive", f"not passed ({gate.verdict.reason}): {head}"
+        elif ev.llr > PASS_LLR:
+            outcome = "inconclusive"
+            reason = (f"holding: errors favour a regression (SPRT llr {ev.llr:.2f} > {PASS_LLR:g}) but not yet "
+                      f"beyond {upper:.2f}; {counts}")
+        else:
+            outcome, reason = "pass", head
+    return MetricVerdict(
+        name=ERROR_CHECK, outcome=outcome, value=_rate(ev.canary_errors, ev.canary_requests),
+        baseline=_rate(ev.stable_errors, ev.stable_requests), reason=reason, statistic=ev.llr, threshold=upper,
+        details=details,
+    )
+
+
+def min_error_ratio(st: Statistics) -> float:
+    """Minimum effect of the `compare` error test: sqrt(toleratedErrorRatio x errorRatio).
+
+    The geometric midpoint between "tolerated" and "regression": a significant difference that is
+    closer (on the ratio scale errors live on) to what is tolerated than to what is a regression is not
+    worth a rollback. It is also where a likelihood-ratio test between the two would put its boundary.
+    """
+    return math.sqrt(st.tolerated_error_ratio * st.error_ratio)
+
+
+def _compare_errors(ev: Evidence, gate: _Gate, st: Statistics, look: int | None) -> MetricVerdict:
+    alpha = st.alpha * ALPHA_SHARE
+    ratio = error_ratio_estimate(ev.canary_errors, ev.canary_requests, ev.stable_errors, ev.stable_requests)
+    need = min_error_ratio(st)
+    details = _count_details(ev, ratio) | {"min_ratio": need, "h0_ratio": st.tolerated_error_ratio}
+    counts = (f"canary {_pct(ev.canary_errors, ev.canary_requests)} vs stable "
+              f"{_pct(ev.stable_errors, ev.stable_requests)}")
+    value = _rate(ev.canary_errors, ev.canary_requests)
+    baseline = _rate(ev.stable_errors, ev.stable_requests)
+    if look is None or not gate.passed:
+        return MetricVerdict(name=ERROR_CHECK, outcome="inconclusive", value=value, baseline=baseline,
+                             reason=f"not tested ({gate.verdict.reason}): {counts}", details=details)
+    level = stats.spent_alpha(alpha, look)
+    e_c, e_s = round(ev.canary_errors), round(ev.stable_errors)
+    pi0 = stats.canary_error_share(st.tolerated_error_ratio, ev.canary_requests, ev.stable_requests)
+    p = stats.binomial_sf(e_c, e_c + e_s, pi0)
+    details |= {"p_value": p, "alpha_look": level, "look": float(look), "h0_share": pi0}
+    significant = p <= level
+    big = ratio >= need
+    test = (f"p {p:.2g} {'<=' if significant else '>'} alpha_{look} {level:.2g} (exact conditional binomial, "
+            f"H0 ratio {fmt(st.tolerated_error_ratio)})")
+    effect = f"ratio {fmt(ratio)} {'>=' if big else '<'} {fmt(need)} (sqrt(toleratedErrorRatio*errorRatio))"
+    outcome: Outcome = "fail" if significant and big else "pass"
+    return MetricVerdict(name=ERROR_CHECK, outcome=outcome, value=value, baseline=baseline,
+                         reason=f"{test}; {effect}; {counts}", statistic=p, threshold=level, details=details)
+
+
+def _quantile_label(q: float) -> str:
+    return f"p{q * 100:g}"
+
+
+def _latency(ev: Evidence, win: _Window, gate: _Gate, st: Statistics, min_requests: int,
+             look: int | None) -> MetricVerdict:
+    label = _quantile_label(st.latency_quantile)
+    n_c, n_s = sum(ev.canary_latency), sum(ev.stable_latency)
+    c_q = stats.histogram_quantile(ev.latency_bounds_ms, ev.canary_latency, st.latency_quantile) if n_c else None
+    s_q = stats.histogram_quantile(ev.latency_bounds_ms, ev.stable_latency, st.latency_quantile) if n_s else None
+    details: dict[str, float] = {"canary_observations": n_c, "stable_observations": n_s,
+                                 "min_ratio": st.min_latency_ratio, "quantile": st.latency_quantile}
+    if c_q is not None:
+        details[f"canary_{label}_ms"] = c_q
+    if s_q is not None:
+        details[f"stable_{label}_ms"] = s_q
+    quantiles = (f"{label} {fmt(c_q) if c_q is not None else '?'}ms vs stable "
+                 f"{fmt(s_q) if s_q is not None else '?'}ms")
+    if look is None:
+        why = _latency_missing(win, gate, n_c, n_s, min_requests)
+        return MetricVerdict(name=LATENCY_CHECK, outcome="inconclusive", value=c_q, baseline=s_q,
+                             reason=f"not tested ({why}): {quantiles}", details=details)
+    level = stats.spent_alpha(st.alpha * ALPHA_SHARE, look)
+    mw = stats.mann_whitney_buckets(ev.canary_latency, ev.stable_latency)
+    ratio = c_q / s_q if c_q is not None and s_q is not None and s_q > 0 else 1.0
+    details |= {"p_value": mw.p_value, "alpha_look": level, "look": float(look), "z": mw.z, "u": mw.u,
+                "effect": mw.effect, "ratio": ratio}
+    significant = mw.p_value <= level
+    big = ratio >= st.min_latency_ratio
+    outcome: Outcome = "fail" if significant and big else "pass"
+    reason = (f"{quantiles}: ratio {fmt(ratio)} {'>=' if big else '<'} minLatencyRatio "
+              f"{fmt(st.min_latency_ratio)}; Mann-Whitney z {mw.z:.2f}, p {mw.p_value:.2g} "
+              f"{'<=' if significant else '>'} alpha_{look} {level:.2g}; P(canary slower) {mw.effect:.2f}; "
+              f"n {fmt(n_c)} vs {fmt(n_s)}")
+    return MetricVerdict(name=LATENCY_CHECK, outcome=outcome, value=c_q, baseline=s_q, reason=reason,
+                         statistic=mw.p_value, threshold=level, details=details)
+
+
+def _latency_ready(win: _Window, gate: _Gate, ev: Evidence, min_requests: int) -> bool:
+    return (gate.passed and win.latency is not None
+            and sum(ev.canary_latency) >= min_requests and sum(ev.stable_latency) >= min_requests)
+
+
+def _latency_missing(win: _Window, gate: _Gate, n_c: float, n_s: float, min_requests: int) -> str:
+    if win.latency is None:
+        return f"no data for {', '.join(win.latency_missing)} in this window"
+    if not gate.passed:
+        return gate.verdict.reason
+    return f"latency observations canary {fmt(n_c)}, stable {fmt(n_s)}, need minRequests {min_requests} each"
+
+
+# --- the judge -----------------------------------------------------------------------------------
+
+
+def judge_statistical(evidence: Evidence, window: WindowCounts, analysis: Analysis) -> tuple[Verdict, Evidence]:
+    """Add one window to the evidence and judge it: (verdict, new evidence to store).
+
+    Metric verdicts: the minRequests gate (`judge.REQUESTS_CHECK`), `error-rate` and `latency`. The
+    verdict is the worst of them: any fail -> fail; else anything short of a pass (too few requests,
+    missing data) -> inconclusive; else pass. Raises ValueError for `mode: threshold`.
+    """
+    mode = analysis.mode
+    if mode not in ("compare", "sequential"):
+        raise ValueError(f"judge_statistical judges modes compare and sequential, not {mode!r}")
+    st = analysis.statistics
+    ev, win = _add(evidence, window, st)
+    scope = "this step" if mode == "compare" else "this rollout"
+    gate = _gate(ev, win, analysis.min_requests, scope)
+    latency_ready = _latency_ready(win, gate, ev, analysis.min_requests)
+    spends = latency_ready or (mode == "compare" and gate.passed)
+    look = ev.looks + 1 if spends else None
+    if look is not None:
+        ev = ev.model_copy(update={"looks": look})
+    errors = _sprt(ev, gate, st) if mode == "sequential" else _compare_errors(ev, gate, st, look)
+    latency = _latency(ev, win, gate, st, analysis.min_requests, look if latency_ready else None)
+    metrics = [gate.verdict, errors, latency]
+    verdict = Verdict(
+        outcome=worst(m.outcome for m in metrics),
+        requests=_count(window.canary.requests),
+        window_s=window.window_s,
+        metrics=metrics,
+    )
+    return verdict, ev
