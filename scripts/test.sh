@@ -17,4 +17,6 @@ python3 -m ruff check canaryd tests $([ -d bench ] && echo bench)
 echo ">>> mypy --strict canaryd"
 python3 -m mypy --strict canaryd
 echo ">>> pytest"
-python3 -m pytest -q -p no:cacheprovider "$@"
+# Two workers (one sandbox each for the end-to-end tests); a file stays on one worker, so module fixtures
+# (a Prometheus per contract module) start once.
+python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"

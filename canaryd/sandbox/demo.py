@@ -43,6 +43,7 @@ POLICY = textwrap.dedent(f"""\
       interval: 8s
       progressDeadline: 30s
       analysis:
+        mode: threshold
         every: 2s
         warmup: 1s
         minRequests: 15

@@ -59,6 +59,7 @@ def policy(**overrides: Any) -> PolicySpec:
         "interval": "1m",
         "progressDeadline": "10m",
         "analysis": {
+            "mode": "threshold",
             "every": "10s",
             "warmup": "30s",
             "minRequests": 100,

@@ -278,7 +278,7 @@ def test_overall_outcome_combines_metrics(er: float | None, lat: float | None, o
 
 def test_default_analysis_judges_error_rate_and_p99() -> None:
     samples = AnalysisSamples(window_s=30, canary=revision("c", 500, {ER: 0.0523, LAT: 120.0}))
-    verdict = judge(samples, Analysis())
+    verdict = judge(samples, Analysis(mode="threshold"))
     assert verdict.outcome == "fail"
     assert "error-rate: error rate 0.0523 > max 0.01" in verdict.summary
     assert "latency: p99 latency 120ms <= maxMs 500" in verdict.summary

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from canaryd.policy import (
+    Analysis,
     Metric,
     PolicySpec,
     RolloutPolicy,
@@ -84,7 +85,14 @@ def test_defaults_match_design_and_default_yaml() -> None:
     a = d.analysis
     assert (a.every, a.warmup, a.min_requests, a.failure_limit, a.inconclusive_limit) == ("10s", "30s", 200, 2, 5)
     assert (a.on_inconclusive, a.max_hold) == ("hold", "30m")
-    assert [(m.name, m.max, m.max_ms, m.effective_quantile) for m in a.metrics] == [
+    # The default judge is the one bench/decisions.py supports; its extra metrics start empty.
+    assert a.mode == "sequential" and a.metrics == []
+    st = a.statistics
+    assert (st.alpha, st.beta, st.error_ratio, st.tolerated_error_ratio) == (0.01, 0.05, 2.0, 1.0)
+    assert (st.latency_quantile, st.min_latency_ratio) == (0.99, 1.15)
+    # threshold mode keeps Flagger-like absolute defaults
+    t = Analysis(mode="threshold")
+    assert [(m.name, m.max, m.max_ms, m.effective_quantile) for m in t.metrics] == [
         ("error-rate", 0.01, None, 0.99), ("latency", None, 500, 0.99)]
     assert d.gates.confirm_promotion is False
     shipped = RolloutPolicy.model_validate(yaml.safe_load((REPO_ROOT / "policies" / "default.yaml").read_text()))

@@ -184,7 +184,7 @@ def test_latency_passes_a_significant_but_small_slowdown() -> None:
 
 def test_threshold_mode_is_not_judged_here() -> None:
     with pytest.raises(ValueError, match="threshold"):
-        judge_statistical(Evidence(), window(10, 0, 90, 0), Analysis())
+        judge_statistical(Evidence(), window(10, 0, 90, 0), Analysis(mode="threshold"))
 
 
 # --- low traffic, missing data -------------------------------------------------------------------
