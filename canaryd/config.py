@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from canaryd.desired import load_policy_file
@@ -107,6 +107,40 @@ class NotificationSettings(_Section):
     timeout: str = "5s"
 
 
+class LeaderSettings(_Section):
+    """Leader election through a `coordination.k8s.io/v1` Lease (client-go's semantics and timings).
+
+    With it, several replicas may run and only the holder of the Lease reconciles; the others stand by and
+    take over when the holder stops renewing (or releases the Lease on SIGTERM). The three durations must
+    satisfy retryPeriod < renewDeadline < leaseDuration: a leader that cannot renew gives up at
+    renewDeadline, before any standby may consider the Lease expired at leaseDuration.
+    """
+
+    enabled: bool = Field(default=False, description="off for a bare `canaryd run`; the Helm chart turns it on")
+    lease_duration_s: int = Field(default=15, ge=1, alias="leaseDurationS",
+                                  description="seconds a Lease is valid without renewal (the Lease field is integer)")
+    renew_deadline_s: float = Field(default=10.0, gt=0, alias="renewDeadlineS",
+                                    description="the leader stops acting this long after its last successful renew")
+    retry_period_s: float = Field(default=2.0, gt=0, alias="retryPeriodS",
+                                  description="time between attempts to acquire or renew")
+    namespace: str | None = Field(default=None, description="namespace of the Lease; unset = the first of "
+                                  "kubernetes.namespaces, or `default`")
+    identity: str | None = Field(default=None, description="this replica's name in the Lease; unset = hostname-pid")
+    lease_name: str = Field(default="canaryd", alias="leaseName", min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderSettings:
+        if not self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError(f"leader.renewDeadlineS ({self.renew_deadline_s:g}) must be less than "
+                             f"leader.leaseDurationS ({self.lease_duration_s}): a leader must stop acting "
+                             "before a standby may take the Lease over")
+        if not self.retry_period_s < self.renew_deadline_s:
+            raise ValueError(f"leader.retryPeriodS ({self.retry_period_s:g}) must be less than "
+                             f"leader.renewDeadlineS ({self.renew_deadline_s:g}): a leader must get at least "
+                             "one more renewal attempt before it gives up")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CANARYD_", env_nested_delimiter="__", extra="forbid", populate_by_name=True,
@@ -123,6 +157,11 @@ class Settings(BaseSettings):
                                         description="RolloutPolicy file without target; unset = built-in")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="logLevel")
     workers: int = Field(default=4, ge=1, le=64)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    shutdown_timeout_s: float = Field(
+        default=20.0, gt=0, alias="shutdownTimeoutS",
+        description="after SIGTERM, exit within this many seconds (keep it below the pod's "
+                    "terminationGracePeriodSeconds, 30 in the chart): a tick still running then is abandoned")
 
     @classmethod
     def settings_customise_sources(

@@ -5,12 +5,17 @@ against a real cluster and the sandbox's API emulator. Every call carries `REQUE
 default is to wait forever, and one hung connection would stall a reconcile loop. Failures are turned into
 `KubeError`s whose messages name the call and the server's reason, and never carry request headers
 (they hold the bearer token).
+
+Every client says who it is in its User-Agent (`canaryd/<version> (<os>/<arch>) <component>`), the way
+kubectl does, so API server audit logs (and the sandbox's RBAC test) can tell the daemon's calls from a
+person's `canaryd status` or anything else that shares the kubeconfig.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import platform
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -18,6 +23,8 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+
+from canaryd import __version__
 
 #: (connect, read) seconds for every API call.
 REQUEST_TIMEOUT: tuple[float, float] = (5.0, 30.0)
@@ -44,23 +51,67 @@ class Invalid(KubeError):
     """422: the server's schema or a webhook rejected the object."""
 
 
+class NotLeader(KubeError):
+    """A write refused before it was sent: this replica does not (or no longer) hold the leader Lease."""
+
+
 _BY_STATUS: dict[int, type[KubeError]] = {404: NotFound, 409: Conflict, 422: Invalid}
 
+#: HTTP methods that only read; everything else is a write a write guard may refuse.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-def make_api_client(kubeconfig: str | None, context: str | None = None) -> client.ApiClient:
-    """An API client from a kubeconfig file, or from the pod's service account when none is given."""
+
+def user_agent(component: str = "cli") -> str:
+    """`canaryd/0.1.0 (linux/amd64) daemon`: product/version, platform, and which part of canaryd calls."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine().lower(), platform.machine().lower())
+    return f"canaryd/{__version__} ({platform.system().lower()}/{arch}) {component}"
+
+
+class _WriteFence:
+    """Wraps the client's REST layer: every non-read request first asks `guard`, which raises to refuse.
+
+    The daemon's leader election passes a guard that raises `NotLeader` once this replica may no longer
+    act, so a reconcile tick still running when leadership is lost cannot write anything afterwards,
+    whatever adapter it goes through (ModelRollouts, InferenceServices, Events).
+    """
+
+    def __init__(self, inner: Any, guard: Callable[[str, str], None]) -> None:
+        self._inner = inner
+        self._guard = guard
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method.upper() not in _READS:
+            self._guard(method.upper(), url)
+        return self._inner.request(method, url, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def make_api_client(kubeconfig: str | None, context: str | None = None, *, component: str = "cli",
+                    write_guard: Callable[[str, str], None] | None = None) -> client.ApiClient:
+    """An API client from a kubeconfig file, or from the pod's service account when none is given.
+
+    `component` goes into the User-Agent (see `user_agent`). `write_guard(method, url)` is called before
+    every write and may raise (e.g. `NotLeader`) to refuse it; reads always go through.
+    """
     try:
         if kubeconfig:
             loaded: Any = config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, context=context, persist_config=False
             )
-            return cast(client.ApiClient, loaded)
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return client.ApiClient(configuration=configuration)
+            api = cast(client.ApiClient, loaded)
+        else:
+            configuration = client.Configuration()
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            api = client.ApiClient(configuration=configuration)
     except (ConfigException, OSError) as exc:
         where = f"kubeconfig {kubeconfig!r}" if kubeconfig else "in-cluster service account"
         raise KubeError(f"cannot configure the Kubernetes client from the {where}: {exc}") from exc
+    api.user_agent = user_agent(component)
+    if write_guard is not None:
+        cast(Any, api).rest_client = _WriteFence(api.rest_client, write_guard)
+    return api
 
 
 def error_from(exc: BaseException, what: str) -> KubeError:

@@ -2,12 +2,24 @@
 
 The daemon keeps only caches in memory (the desired set from the newest good sync); everything a restart
 needs is in the cluster (ModelRollouts) or in Git.
+
+With leader election (`leader.enabled`) every replica serves HTTP (/healthz, /readyz, /metrics, the
+webhook), but only the holder of the Lease syncs Git and ticks services: a standby keeps its scheduler
+paused, and every write the daemon's Kubernetes client makes is fenced by `LeaderElector.guard`, so a
+tick still running when leadership is lost cannot write afterwards. A push webhook on a standby is
+answered as usual and only logged: the leader gets its own deliveries and polls anyway.
+
+SIGTERM: stop starting ticks, let the running ones finish (each saves its ModelRollout before it acts
+and every action is absolute, so one cut short is repaired by the next leader), release the Lease so a
+standby takes over at once, and exit 0 within `shutdownTimeoutS`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -16,12 +28,13 @@ from types import FrameType
 from canaryd.adapters.events import EventRecorder
 from canaryd.adapters.git import GitSource, GitSyncError
 from canaryd.adapters.kserve import KServeAdapter
-from canaryd.adapters.kube import make_api_client
+from canaryd.adapters.kube import NotLeader, make_api_client
 from canaryd.adapters.notify import Notifier
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.adapters.statestore import StateStore
 from canaryd.config import Settings
 from canaryd.daemon.controller import Adapters, Controller
+from canaryd.daemon.leader import KubeLeaseClient, LeaderElector, LeaderMetrics
 from canaryd.daemon.metrics import Metrics
 from canaryd.daemon.scheduler import TickScheduler
 from canaryd.daemon.server import make_app
@@ -29,16 +42,42 @@ from canaryd.desired import DesiredService, ServiceKey, load_desired
 from canaryd.httpserver import ThreadedServer
 from canaryd.policy import policy_snapshot
 from canaryd.rollout.model import Desired
-from canaryd.rollout.state import TargetRef
+from canaryd.rollout.state import RolloutState, TargetRef
 
 log = logging.getLogger("canaryd")
+
+#: How long before the shutdown bound the wait for running ticks ends, to leave time for the release.
+_RELEASE_RESERVE_S = 3.0
+
+
+def default_identity() -> str:
+    """hostname-pid: unique per process (the chart passes the pod name instead)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         k = settings.kubernetes
-        api = make_api_client(k.kubeconfig, k.context)
+        self.metrics = Metrics()
+        self.leader_metrics = LeaderMetrics(self.metrics.registry)
+        self.leader: LeaderElector | None = None
+        self.lease_ref: str | None = None
+        if settings.leader.enabled:
+            le = settings.leader
+            # Its own client, without the write fence: the elector must be able to renew and release.
+            lease_api = make_api_client(k.kubeconfig, k.context, component="daemon")
+            namespace = le.namespace or (k.namespaces[0] if k.namespaces else "default")
+            self.lease_ref = f"{namespace}/{le.lease_name}"
+            self.leader = LeaderElector(
+                KubeLeaseClient(lease_api, namespace, le.lease_name), le.identity or default_identity(),
+                lease_duration_s=le.lease_duration_s, renew_deadline_s=le.renew_deadline_s,
+                retry_period_s=le.retry_period_s, on_started_leading=self._started_leading,
+                on_stopped_leading=self._stopped_leading, metrics=self.leader_metrics,
+                call_timeout_s=min(5.0, le.renew_deadline_s),
+            )
+        api = make_api_client(k.kubeconfig, k.context, component="daemon",
+                              write_guard=self.leader.guard if self.leader is not None else None)
         p = settings.prometheus
         basic = (p.basic_auth_user, p.basic_auth_password_file) if p.basic_auth_user and p.basic_auth_password_file \
             else None
@@ -57,7 +96,6 @@ class Daemon:
         )
         self.default_policy = settings.load_default_policy()
         self.controller = Controller(self.adapters, self.default_policy)
-        self.metrics = Metrics()
         self.controller.on_decision.append(self.metrics.observe_state)
         self.controller.on_analysis.append(self.metrics.analysis_duration.observe)
         r = settings.repo
@@ -73,10 +111,15 @@ class Daemon:
         self._api_ok_at: float | None = None
         self._sync_lock = threading.Lock()
         self._stop = threading.Event()
+        # Serialises "start acting" (elector thread) with "stop acting for good" (shutdown).
+        self._lifecycle = threading.Lock()
+        # Leadership terms: the first sync of each term ticks every service (as after a restart).
+        self._term = 0
+        self._synced_term = -1
         self.server = ThreadedServer(
             make_app(self.metrics.registry, self._healthy, self._ready, webhook=settings.webhook,
                      branch=settings.repo.branch, on_push=self.request_sync,
-                     webhook_requests=self.metrics.webhook_requests),
+                     webhook_requests=self.metrics.webhook_requests, role=self._role),
             host=settings.server.host, port=settings.server.port, name="canaryd-http",
         )
 
@@ -85,20 +128,58 @@ class Daemon:
         return (True, "ok") if self.sched.running else (False, "scheduler stopped")
 
     def _ready(self) -> tuple[bool, str]:
+        contacts = [t for t in (self._api_ok_at, self.leader.last_contact if self.leader else None) if t is not None]
+        api_ok = bool(contacts) and time.monotonic() - max(contacts) <= 120
+        if self.leader is not None and not self.leader.is_leader:
+            # A standby is Ready: it can take over at any moment, as long as it reaches the API.
+            if not api_ok:
+                return False, "standby; Kubernetes API (the Lease) not reached in the last 2 minutes"
+            return True, f"standby; leader: {self.leader.holder or 'none'}"
         if not self._synced:
             return False, "config repo not synced yet"
-        if self._api_ok_at is None or time.monotonic() - self._api_ok_at > 120:
+        if not api_ok:
             return False, "Kubernetes API not reached in the last 2 minutes"
         return True, f"synced {self.commit}"
 
+    def _role(self) -> dict[str, object]:
+        if self.leader is None:
+            return {"role": "leader", "leaderElection": False}
+        return {"role": "leader" if self.leader.is_leader else "standby", "leaderElection": True,
+                "identity": self.leader.identity, "holder": self.leader.holder}
+
+    # -- leadership ------------------------------------------------------------------------------
+    def _started_leading(self) -> None:
+        """Called by the elector thread: start syncing and ticking (must not block: renewals wait)."""
+        with self._lifecycle:
+            if self._stop.is_set():
+                return  # shutting down: the Lease is released in stop()
+            self._term += 1
+            self.sched.resume()
+            self.sched.every("sync", self.sync, self.settings.repo.poll_interval_s)
+        log.info("reconciling as leader", extra={"term": self._term})
+
+    def _stopped_leading(self, why: str) -> None:
+        """Called by the elector: no new tick or sync; running ones are fenced by the write guard."""
+        with self._lifecycle:
+            self.sched.pause()
+        log.warning("not reconciling: standby", extra={"reason": why})
+
     # -- git -------------------------------------------------------------------------------------
     def request_sync(self) -> None:
-        """Sync as soon as possible (a push webhook). Bursts coalesce into one pending sync job."""
+        """Sync as soon as possible (a push webhook). Bursts coalesce into one pending sync job.
+
+        On a standby the push is accepted and only logged: the leader is the one that syncs, and it polls.
+        """
+        if self.leader is not None and not self.leader.is_leader:
+            log.info("webhook push on a standby: no sync here (the leader syncs and polls)",
+                     extra={"leader": self.leader.holder})
+            return
         self.sched.once("sync-now", self.sync)
 
     def sync(self) -> None:
         """Fetch the config repo and tick every service whose desired state changed."""
         with self._sync_lock:
+            term = self._term
             try:
                 result = self.git.sync()
             except GitSyncError as exc:
@@ -131,7 +212,8 @@ class Daemon:
             changed = {k for k in new.keys() | self.desired.keys()
                        if (new.get(k) is None) != (self.desired.get(k) is None)
                        or (k in new and k in self.desired and new[k].spec_hash != self.desired[k].spec_hash)}
-            first = not self._synced
+            first = not self._synced or self._synced_term != term
+            self._synced_term = term
             self._prune_safe = ds.prune_safe
             self.desired = new
             self.commit = result.commit
@@ -146,12 +228,20 @@ class Daemon:
                 self._resume_known()
 
     def _resume_known(self) -> None:
-        """Services with a ModelRollout that left Git still get ticks (their rollout must end cleanly)."""
-        try:
-            states = self.store.list(None)
-        except Exception as exc:
-            log.warning("could not list ModelRollouts", extra={"error": str(exc)})
-            return
+        """Services with a ModelRollout that left Git still get ticks (their rollout must end cleanly).
+
+        With `kubernetes.namespaces` set, ModelRollouts are listed in each of them: namespaced RBAC (the
+        chart's Roles) forbids a cluster-wide list.
+        """
+        states: list[RolloutState] = []
+        scopes: list[str | None] = list(self.settings.kubernetes.namespaces) or [None]
+        for namespace in scopes:
+            try:
+                states.extend(self.store.list(namespace))
+            except Exception as exc:
+                log.warning("could not list ModelRollouts", extra={"namespace": namespace, "error": str(exc)})
+                continue
+            self._api_ok_at = time.monotonic()
         allowed = set(self.settings.kubernetes.namespaces)
         for st in states:
             key = ServiceKey(st.spec.target.namespace, st.spec.target.name)
@@ -181,6 +271,11 @@ class Daemon:
         try:
             prune = d is None and self.settings.prune and self._prune_safe
             result = self.controller.tick(target, desired, d.policy if d else None, prune=prune)
+        except NotLeader as exc:
+            # Leadership was lost during this tick and the write fence stopped it: not a failure to
+            # report (the new leader re-reads the saved ModelRollout and carries on).
+            log.info("tick cut short: not the leader any more", extra={"service": key_text, "error": str(exc)})
+            return None
         except Exception as exc:
             self.metrics.tick_errors.labels(ns, name).inc()
             self.notifier.send(key_text, "error", f"reconcile failed: {type(exc).__name__}: {exc}"[:500], {})
@@ -200,15 +295,42 @@ class Daemon:
         self.server.start()
         if self.settings.server.port_file:
             self.settings.server.port_file.write_text(str(self.server.port))
-        log.info("canaryd started", extra={"port": self.server.port, "repo_branch": self.settings.repo.branch})
+        extra: dict[str, object] = {"port": self.server.port, "repo_branch": self.settings.repo.branch}
+        if self.leader is not None:
+            extra.update(identity=self.leader.identity, lease=self.lease_ref)
+        log.info("canaryd started", extra=extra)
         self.sched.start()
-        self.sched.every("sync", self.sync, self.settings.repo.poll_interval_s)
+        if self.leader is None:
+            self.leader_metrics.leader.set(1)  # alone: always the one that acts
+            self._started_leading()
+        else:
+            self.sched.pause()  # a standby until the Lease is ours
+            self.leader.start()
 
-    def stop(self) -> None:
-        log.info("canaryd stopping")
-        self.sched.shutdown(wait=True)
-        self.notifier.close(timeout=5)
-        self.server.stop()
+    def stop(self) -> bool:
+        """Stop within `shutdownTimeoutS`; False if a tick was still running and had to be abandoned.
+
+        Order matters: stop acting first (the running tick finishes while we still hold the Lease), then
+        release the Lease (a standby takes over at its next retry), then the rest.
+        """
+        bound = self.settings.shutdown_timeout_s
+        deadline = time.monotonic() + bound
+        log.info("canaryd stopping", extra={"timeout_s": bound})
+        with self._lifecycle:  # from here on, becoming the leader no longer starts any work
+            self._stop.set()
+            self.sched.pause()
+        reserve = min(_RELEASE_RESERVE_S, bound / 4)
+        drained = self.sched.drain(max(0.0, deadline - time.monotonic() - reserve))
+        if not drained:
+            log.warning("abandoning the work still running at the shutdown bound; its ModelRollout was "
+                        "saved before it acted, so the next leader resumes it", extra={"timeout_s": bound})
+        if self.leader is not None:
+            self.leader.stop(release=True, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
+        self.sched.shutdown(wait=False)
+        self.notifier.close(timeout=max(0.0, min(5.0, deadline - time.monotonic() - 0.5)))
+        self.server.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+        log.info("canaryd stopped", extra={"clean": drained})
+        return drained
 
     def run_forever(self) -> int:
         def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -219,6 +341,10 @@ class Daemon:
         signal.signal(signal.SIGINT, on_signal)
         self.start()
         self._stop.wait()
-        self.stop()
+        if not self.stop():
+            # A worker thread is still busy (a hung call); the interpreter would wait for it at exit.
+            # Everything that matters is already done: leave now, within the bound.
+            logging.shutdown()
+            os._exit(0)
         return 0
 

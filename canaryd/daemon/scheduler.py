@@ -4,12 +4,17 @@ Each service has one scheduled job (id `tick:<ns>/<name>`, replaced on every res
 extra immediate runs (a Git change). Ticks of one service are serialised by a lock rather than by
 APScheduler's `max_instances`, because a run skipped for "too many instances" would be lost; an extra tick
 is harmless, since ticks are idempotent.
+
+A standby replica (leader election) keeps the scheduler running but `pause()`d: no job runs and none can
+be added, so it cannot act; `resume()` when it becomes the leader. `drain()` waits, with a bound, for the
+ticks already running (graceful shutdown).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -29,6 +34,9 @@ class TickScheduler:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._stopping = threading.Event()
+        self._paused = threading.Event()
+        self._active = 0  # ticks and syncs running now (what drain() waits for)
+        self._idle = threading.Condition(self._guard)
         self.sched = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(workers)},
             job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
@@ -43,29 +51,59 @@ class TickScheduler:
         self._stopping.set()
         self.sched.shutdown(wait=wait)
 
+    def pause(self) -> None:
+        """No job runs or can be added until `resume()`; ticks already running finish (or are fenced)."""
+        self._paused.set()
+        self.sched.remove_all_jobs()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop starting ticks and wait up to `timeout` s for the running ones; True if none is left."""
+        self.pause()
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
     @property
     def running(self) -> bool:
         return bool(self.sched.running) and not self._stopping.is_set()
 
+    def _closed(self) -> bool:
+        return self._stopping.is_set() or self._paused.is_set()
+
     def every(self, job_id: str, fn: Callable[[], None], seconds: float) -> None:
-        self.sched.add_job(fn, "interval", seconds=seconds, id=job_id, replace_existing=True,
+        if self._closed():
+            return
+        self.sched.add_job(self._counted, "interval", args=[fn], seconds=seconds, id=job_id, replace_existing=True,
                            next_run_time=datetime.now(UTC), max_instances=1)
 
     def once(self, job_id: str, fn: Callable[[], None]) -> None:
         """Run `fn` now; a request while one is still pending replaces it (bursts coalesce)."""
-        if self._stopping.is_set():
+        if self._closed():
             return
-        self.sched.add_job(fn, "date", run_date=datetime.now(UTC), id=job_id, replace_existing=True)
+        self.sched.add_job(self._counted, "date", args=[fn], run_date=datetime.now(UTC), id=job_id,
+                           replace_existing=True)
 
     def trigger(self, key: str) -> None:
         """Tick `key` as soon as a worker is free."""
-        if self._stopping.is_set():
+        if self._closed():
             return
         self.sched.add_job(self._run, "date", run_date=datetime.now(UTC), args=[key],
                            id=f"now:{key}:{uuid.uuid4().hex[:8]}")
 
     def at(self, key: str, when: datetime) -> None:
-        if self._stopping.is_set():
+        if self._closed():
             return
         self.sched.add_job(self._run, "date", run_date=when, args=[key], id=f"tick:{key}", replace_existing=True)
 
@@ -76,16 +114,39 @@ class TickScheduler:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    def _enter(self) -> bool:
+        with self._guard:
+            if self._closed():
+                return False
+            self._active += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._active -= 1
+            self._idle.notify_all()
+
+    def _counted(self, fn: Callable[[], None]) -> None:
+        """Run a non-tick job (a repo sync) so that `drain()` waits for it too; skipped while paused."""
+        if not self._enter():
+            return
+        try:
+            fn()
+        finally:
+            self._leave()
+
     def _run(self, key: str) -> None:
-        if self._stopping.is_set():
+        if self._closed():
             return
         with self._lock(key):
-            if self._stopping.is_set():
+            if not self._enter():
                 return
             try:
                 nxt = self._tick(key)
             except Exception:
                 log.exception("tick failed", extra={"service": key})
                 nxt = datetime.now(UTC) + timedelta(seconds=self._backoff)
+            finally:
+                self._leave()
         if nxt is not None:
             self.at(key, nxt)

@@ -2,14 +2,16 @@
 
 Every request is parsed into a RequestInfo, offered to the request hooks (the seam for fault
 injection: a hook may delay, or answer instead of the emulator), dispatched, and recorded as an
-ApiCall with its HTTP status. Watches stream one JSON event per line and end on timeoutSeconds, on
-client disconnect or when the emulator stops; they never hold the store lock while waiting.
+ApiCall with its HTTP status and the client's User-Agent. Watches stream one JSON event per line and
+end on timeoutSeconds, on client disconnect or when the emulator stops; they never hold the store lock
+while waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,8 +120,10 @@ class KubeApp:
         return Starlette(routes=[Route("/{path:path}", self.handle, methods=_METHODS)])
 
     async def handle(self, request: Request) -> Response:
-        info = parse_request(request.method, request.url.path, request.query_params.get("watch"),
-                             request.headers.get("content-type", ""))
+        info = dataclasses.replace(
+            parse_request(request.method, request.url.path, request.query_params.get("watch"),
+                          request.headers.get("content-type", "")),
+            user_agent=request.headers.get("user-agent", ""))
         try:
             resp: Response | None = None
             for hook in list(self.hooks):

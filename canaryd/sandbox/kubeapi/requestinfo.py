@@ -33,12 +33,15 @@ class RequestInfo:
     name: str = ""
     too_deep: bool = False
     content_type: str = ""
+    user_agent: str = ""  # the client's User-Agent header, for request hooks that target one client
 
 
 @dataclass(frozen=True)
 class ApiCall:
     """One answered request. `verb` is the RBAC verb: get list watch create update patch delete
-    deletecollection (non-resource paths record the lower-case HTTP method)."""
+    deletecollection (non-resource paths record the lower-case HTTP method). `user_agent` is the
+    client's User-Agent header, which tells canaryd's daemon (`canaryd/<version> (...) daemon`) from the
+    test harness and the other emulators sharing one API server."""
 
     verb: str
     group: str
@@ -50,11 +53,12 @@ class ApiCall:
     status: int
     method: str = ""
     path: str = ""
+    user_agent: str = ""
 
     @classmethod
     def of(cls, info: RequestInfo, status: int) -> ApiCall:
         return cls(info.verb, info.group, info.version, info.resource, info.subresource, info.namespace,
-                   info.name, status, info.method, info.path)
+                   info.name, status, info.method, info.path, info.user_agent)
 
 
 def parse_request(method: str, path: str, watch_param: str | None, content_type: str = "") -> RequestInfo:
