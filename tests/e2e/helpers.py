@@ -87,6 +87,22 @@ def isvc_yaml(name: str, ns: str, uri: str, extra_predictor: str = "", labels: d
     return body
 
 
+def kfserving_yaml(name: str, ns: str, uri: str) -> str:
+    """A KFServing v1alpha2 InferenceService whose default endpoint serves the sklearn model at `uri`."""
+    return textwrap.dedent(f"""\
+        apiVersion: serving.kubeflow.org/v1alpha2
+        kind: InferenceService
+        metadata:
+          name: {name}
+          namespace: {ns}
+        spec:
+          default:
+            predictor:
+              sklearn:
+                storageUri: {uri}
+        """)
+
+
 def policy_yaml(name: str, ns: str, spec: dict[str, Any] | None = None, **overrides: Any) -> str:
     import yaml
 

@@ -13,15 +13,13 @@ cluster-wide.
 
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 from canaryd.adapters.kube import user_agent
 from canaryd.operator import request as operator_request
 from canaryd.rollout.state import Phase
 from canaryd.sandbox.kubeapi import ApiCall
-from tests.e2e.helpers import FAST_POLICY, Env, isvc_yaml, policy_yaml
+from tests.e2e.helpers import FAST_POLICY, Env, isvc_yaml, kfserving_yaml, policy_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,21 +28,6 @@ NOT_EXERCISED: dict[tuple[str, str, str], str] = {
     # ("serving.kserve.io", "inferenceservices", "delete"): "only with prune: true" -- prune is off
     # here, and the chart grants delete only with prune (tests/chart/test_chart.py checks that).
 }
-
-
-def kfserving_yaml(name: str, ns: str, uri: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kubeflow.org/v1alpha2
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {ns}
-        spec:
-          default:
-            predictor:
-              sklearn:
-                storageUri: {uri}
-        """)
 
 
 def test_the_daemon_uses_exactly_the_rbac_the_chart_grants(env: Env) -> None:

@@ -8,7 +8,6 @@ gets a request again. The bad one is rolled back: `spec.canary` gone, all traffi
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,27 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from canaryd.rollout.state import Phase
 from canaryd.sandbox.cluster import Sandbox
-from tests.e2e.helpers import Env, policy_yaml, wait_until
+from tests.e2e.helpers import Env, kfserving_yaml, policy_yaml, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 G, V, P = "serving.kubeflow.org", "v1alpha2", "inferenceservices"
 V1, V2, ERRORS = "gs://e2e/v1", "gs://e2e/v2", "gs://e2e/errors"
-
-
-def kfserving_yaml(name: str, ns: str, uri: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kubeflow.org/v1alpha2
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {ns}
-        spec:
-          default:
-            predictor:
-              sklearn:
-                storageUri: {uri}
-        """)
 
 
 def isvc(env: Env, name: str) -> dict[str, Any]:
