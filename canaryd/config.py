@@ -55,6 +55,10 @@ class KubernetesSettings(_Section):
     namespaces: list[str] = Field(default_factory=list, description="namespaces canaryd may act on; [] = all")
     default_namespace: str = Field(default="default", alias="defaultNamespace")
     state_namespace: str | None = Field(default=None, alias="stateNamespace")
+    # One list+watch per namespace (or cluster-wide) instead of a GET per service per tick; off only for
+    # RBAC that forbids list/watch on InferenceServices (reads then fall back to GETs anyway).
+    watch_cache: bool = Field(default=True, alias="watchCache",
+                              description="read InferenceServices from a watch-fed cache (needs list+watch)")
 
 
 class PrometheusSettings(_Section):

@@ -9,8 +9,9 @@ function of the files under `root`; the git adapter attaches the commit.
 from __future__ import annotations
 
 import os
+import stat
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from canaryd import manifests
+from canaryd.analysis.queries import check_custom_query
 from canaryd.manifests import DocKind, ManifestError, Problem, render_path
 from canaryd.policy import (
     Analysis,
@@ -30,11 +32,17 @@ from canaryd.policy import (
     RolloutPolicy,
     Target,
 )
+from canaryd.yamlsafe import MAX_ALIAS_EXPANSION as MAX_ALIAS_EXPANSION
+from canaryd.yamlsafe import MAX_ALIASES as MAX_ALIASES
+from canaryd.yamlsafe import MAX_DEPTH as MAX_DEPTH
+from canaryd.yamlsafe import MAX_FILE_BYTES as MAX_FILE_BYTES
+from canaryd.yamlsafe import MAX_NODES as MAX_NODES
+from canaryd.yamlsafe import MAX_REPO_BYTES as MAX_REPO_BYTES
+from canaryd.yamlsafe import MAX_REPO_FILES as MAX_REPO_FILES
+from canaryd.yamlsafe import MAX_REPO_NODES as MAX_REPO_NODES
+from canaryd.yamlsafe import BoundedLoader, YamlLimitError, check_graph, short
 
-MAX_FILE_BYTES = 1 << 20
-# Nodes that aliases may add on top of the document's own nodes. Real configs use a handful of
-# `<<: *defaults` merges; a "billion laughs" document needs millions.
-MAX_ALIAS_EXPANSION = 10_000
+# The limits (file size, nodes, aliases, depth, repo size) live in canaryd.yamlsafe; re-exported here.
 YAML_SUFFIXES = (".yaml", ".yml")
 
 Severity = Literal["error", "warning"]
@@ -102,6 +110,14 @@ class PolicyFileError(ValueError):
 # YAML reading
 
 
+class _RepoTooLarge(Exception):
+    """The files under the configured paths exceed a repo-wide limit: nothing of the tree is used."""
+
+    def __init__(self, file: str, message: str) -> None:
+        super().__init__(message)
+        self.file, self.message = file, message
+
+
 class _FileLost(Exception):
     def __init__(self, line: int, field: str, message: str) -> None:
         super().__init__(message)
@@ -111,13 +127,13 @@ class _FileLost(Exception):
 @dataclass
 class _Doc:
     file: str
-    node: yaml.Node
+    lines: _Lines
     data: Any
     problems: list[Problem] = field(default_factory=list)  # found while reading (duplicate keys)
 
     @property
     def line(self) -> int:
-        return int(self.node.start_mark.line) + 1
+        return self.lines.line
 
     @property
     def source(self) -> str:
@@ -125,28 +141,79 @@ class _Doc:
 
     def line_of(self, path: Sequence[str | int]) -> int:
         """Line of the deepest existing node on `path` (the key's line for a mapping entry)."""
-        return _line_of(self.node, path)
+        return _line_of(self.lines, path)
 
 
-def _read_docs(path: Path, rel: str, sink: list[_Doc]) -> None:
-    """Append the file's documents to `sink` as they parse; raise _FileLost for the whole file."""
-    size = path.stat().st_size
+class _Lines(NamedTuple):
+    """What `line_of` needs of a document's node graph, kept instead of the graph (whose nodes and marks
+    cost several hundred bytes each, for every document of the repo until the desired set is built):
+    a node's line, a mapping's children by key as (key line, value), a sequence's items."""
+
+    line: int
+    keys: dict[str, tuple[int, _Lines]] | None = None
+    items: list[_Lines] | None = None
+
+
+def _line_tree(node: yaml.Node, memo: dict[int, _Lines] | None = None) -> _Lines:
+    """The `_Lines` of a composed (and constructed: merge keys flattened) document; aliases stay shared.
+    Recursion is bounded: check_graph refused documents nested deeper than MAX_DEPTH."""
+    memo = {} if memo is None else memo
+    done = memo.get(id(node))
+    if done is not None:
+        return done
+    line = int(node.start_mark.line) + 1
+    out = _Lines(line)
+    if isinstance(node, yaml.MappingNode):
+        keys: dict[str, tuple[int, _Lines]] = {}
+        for k, v in node.value:  # the last of equal keys wins, as in the constructed mapping
+            if isinstance(k, yaml.ScalarNode):
+                keys[str(k.value)] = (int(k.start_mark.line) + 1, _line_tree(v, memo))
+        out = _Lines(line, keys=keys)
+    elif isinstance(node, yaml.SequenceNode):
+        out = _Lines(line, items=[_line_tree(item, memo) for item in node.value])
+    memo[id(node)] = out
+    return out
+
+
+def _read_docs(path: Path, rel: str, sink: list[_Doc], repo_nodes_left: int | None = None,
+               repo_max_nodes: int = MAX_REPO_NODES) -> int:
+    """Append the file's documents to `sink` as they parse; raise _FileLost for the whole file (or
+    _RepoTooLarge when it takes the repo over `repo_nodes_left` nodes). Returns the nodes it composed.
+
+    Reading is bounded (canaryd.yamlsafe): size, nodes, aliases and depth are checked while the file
+    is read, and what aliases expand to before anything walks it.
+    """
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise _FileLost(1, "(file)", "not a regular file")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         raise _FileLost(1, "(file)", f"file is {size} bytes, larger than the {MAX_FILE_BYTES}-byte limit")
+    with path.open("rb") as fh:
+        raw = fh.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:  # it grew after stat()
+        raise _FileLost(1, "(file)", f"file is larger than the {MAX_FILE_BYTES}-byte limit")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise _FileLost(1, "(file)", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    loader = yaml.SafeLoader(text)
+    loader = BoundedLoader(text, repo_nodes_left=repo_nodes_left, repo_max_nodes=repo_max_nodes)
     try:
         while loader.check_node():
+            aliases = loader.aliases
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node() said there is one
                 break
-            problems = _check_graph(node)
+            if loader.aliases > aliases:  # without aliases it is a tree the composer has measured already
+                check_graph(node)
+            problems = _duplicate_keys_in(node)
             data = loader.construct_document(node)
             if data is not None:
-                sink.append(_Doc(rel, node, data, problems))
+                sink.append(_Doc(rel, _line_tree(node), data, problems))
+    except YamlLimitError as exc:
+        if exc.field == "(repo)":
+            raise _RepoTooLarge(rel, f"{exc.message}; nothing under the configured paths is used") from None
+        raise _FileLost(exc.line, exc.field, exc.message) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -158,56 +225,22 @@ def _read_docs(path: Path, rel: str, sink: list[_Doc]) -> None:
         raise _FileLost(1, "(yaml)", "YAML nesting is too deep") from None
     finally:
         loader.dispose()
+    return loader.nodes
 
 
-def _children(node: yaml.Node) -> Iterator[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            yield k
-            yield v
-    elif isinstance(node, yaml.SequenceNode):
-        yield from node.value
-
-
-def _check_graph(root: yaml.Node) -> list[Problem]:
-    """Refuse alias bombs and recursive aliases before construction; report duplicate keys.
-
-    PyYAML builds aliases as shared objects, so the bomb goes off later (JSON, pydantic, hashing
-    walk it expanded); counting the expanded size on the node graph costs one pass over the distinct
-    nodes.
-    """
-    size: dict[int, int] = {}
-    open_nodes: set[int] = set()
+def _duplicate_keys_in(root: yaml.Node) -> list[Problem]:
+    """Duplicate keys of every distinct mapping (check_graph has ruled out cycles and alias bombs)."""
     problems: list[Problem] = []
-    stack: list[tuple[yaml.Node, tuple[str | int, ...], bool]] = [(root, (), False)]
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
     while stack:
-        node, path, done = stack.pop()
-        nid = id(node)
-        if done:
-            open_nodes.discard(nid)
-            size[nid] = 1 + sum(size[id(c)] for c in _children(node))
+        node, path = stack.pop()
+        if id(node) in seen:
             continue
-        if nid in size:
-            continue
-        open_nodes.add(nid)
-        stack.append((node, path, True))
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             problems.extend(_duplicate_keys(node, path))
-        for child_node, child_path in _child_paths(node, path):
-            if id(child_node) in open_nodes:
-                raise _FileLost(
-                    int(child_node.start_mark.line) + 1, render_path(child_path) if child_path else "(yaml)",
-                    "recursive YAML alias (a node that contains itself) is not allowed",
-                )
-            if id(child_node) not in size:
-                stack.append((child_node, child_path, False))
-    extra = size[id(root)] - len(size)
-    if extra > MAX_ALIAS_EXPANSION:
-        raise _FileLost(
-            int(root.start_mark.line) + 1, "(yaml)",
-            f"YAML aliases expand this document by {extra} nodes (limit {MAX_ALIAS_EXPANSION});"
-            " refusing a possible alias bomb",
-        )
+        stack.extend(reversed(list(_child_paths(node, path))))
     return problems
 
 
@@ -236,20 +269,18 @@ def _duplicate_keys(node: yaml.MappingNode, path: tuple[str | int, ...]) -> Iter
         seen.add(ident)
 
 
-def _line_of(node: yaml.Node, path: Sequence[str | int]) -> int:
-    line = int(node.start_mark.line) + 1
+def _line_of(lines: _Lines, path: Sequence[str | int]) -> int:
+    line = lines.line
     for part in path:
-        nxt: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:  # the last match wins, as in the constructed mapping
-                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
-                    line, nxt = int(k.start_mark.line) + 1, v
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-            nxt = node.value[part]
-            line = int(nxt.start_mark.line) + 1
+        nxt: _Lines | None = None
+        if lines.keys is not None and str(part) in lines.keys:
+            line, nxt = lines.keys[str(part)]
+        elif lines.items is not None and isinstance(part, int) and 0 <= part < len(lines.items):
+            nxt = lines.items[part]
+            line = nxt.line
         if nxt is None:
             break
-        node = nxt
+        lines = nxt
     return line
 
 
@@ -284,7 +315,33 @@ def _yaml_files(root: Path, paths: Iterable[str], errors: list[DocError]) -> lis
                 errors.append(DocError(rel, 1, "(file)", "symlink points outside the repository; skipped"))
                 continue
             found[rel] = file
-    return [(found[rel], rel) for rel in sorted(found)]
+            if len(found) > MAX_REPO_FILES:
+                raise _RepoTooLarge(rel, f"more than {MAX_REPO_FILES} YAML files under the configured paths"
+                                         f" (limit: {MAX_REPO_FILES} files per repo); nothing is used")
+    files = [(found[rel], rel) for rel in sorted(found)]
+    total = 0
+    for file, rel in files:
+        try:
+            total += file.stat().st_size
+        except OSError:
+            continue  # reported when it is read
+        if total > MAX_REPO_BYTES:
+            raise _RepoTooLarge(rel, f"YAML files under the configured paths add up to more than {MAX_REPO_BYTES}"
+                                     f" bytes (limit: {MAX_REPO_BYTES} bytes per repo); nothing is used")
+    return files
+
+
+def repo_size_problem(root: Path, paths: Sequence[str] = (".",)) -> str | None:
+    """Why the YAML files under `paths` are too many or too large to read, or None (cheap: no parsing).
+
+    The git adapter asks before the daemon reads a new commit, so a repo over the limits fails the sync
+    and the last good desired state stays in force.
+    """
+    try:
+        _yaml_files(root, paths, [])
+    except _RepoTooLarge as exc:
+        return f"{exc.file}: {exc.message}"
+    return None
 
 
 def _walk(start: Path) -> Iterator[Path]:
@@ -324,6 +381,21 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
     return out
 
 
+def _query_problems(spec: PolicySpec) -> list[Problem]:
+    """Custom queries that pass the model's checks but cannot be rendered safely (a placeholder outside
+    a double-quoted label value, an unterminated string): every analysis would be "no data" and the
+    rollout would hold until it rolls back, so the policy is refused up front."""
+    out: list[Problem] = []
+    for i, metric in enumerate(spec.analysis.metrics):
+        if metric.query is None:
+            continue
+        try:
+            check_custom_query(metric.query)
+        except ValueError as exc:
+            out.append(Problem(("spec", "analysis", "metrics", i, "query"), f"{exc}; it could never be analysed"))
+    return out
+
+
 def _doc_errors(doc: _Doc, problems: Iterable[Problem], service: ServiceKey | None,
                 severity: Severity = "error") -> list[DocError]:
     return [DocError(doc.file, doc.line_of(p.path), p.field, p.message, service, severity) for p in problems]
@@ -351,6 +423,7 @@ def load_policy_file(path: Path) -> PolicySpec:
     else:
         if policy.spec.target is not None:
             problems.append(Problem(("spec", "target"), "must be absent: the default policy applies to all"))
+        problems += _query_problems(policy.spec)
     if problems:
         raise PolicyFileError("\n".join(str(e) for e in _doc_errors(doc, problems, None)))
     return policy.spec
@@ -386,16 +459,22 @@ class _Builder:
     held_defaults: dict[str | None, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def block(self, key: ServiceKey, reason: str) -> None:
+        if not self.ours(key):
+            return  # never acted on, so never "blocked" either: the daemon writes an Event for a blocked one
         if reason not in self.blocked[key]:
             self.blocked[key].append(reason)
 
+    def ours(self, key: ServiceKey) -> bool:
+        return self.namespaces is None or key.namespace in self.namespaces
+
     def managed(self, doc: _Doc, key: ServiceKey, path: tuple[str | int, ...]) -> bool:
-        if self.namespaces is None or key.namespace in self.namespaces:
+        if self.ours(key):
             return True
-        allowed = ", ".join(sorted(self.namespaces)) or "none"
+        allowed = ", ".join(sorted(self.namespaces or ())) or "none"
         self.errors.append(DocError(
             doc.file, doc.line_of(path), render_path(path),
-            f"namespace {key.namespace!r} is not managed by this canaryd (namespaces: {allowed}); refused",
+            f"namespace {short(key.namespace)} is not managed by this canaryd (kubernetes.namespaces: {allowed});"
+            " refused: nothing is applied or written there",
             key,
         ))
         return False
@@ -419,6 +498,9 @@ class _Builder:
     def _broken(self, doc: _Doc, problems: list[Problem], key: ServiceKey | None, *, is_policy: bool) -> None:
         errors = _doc_errors(doc, problems, key)
         self.errors.extend(errors)
+        if key is not None and not self.ours(key):
+            self.managed(doc, key, ("metadata", "namespace"))  # say it would be refused anyway
+            return
         what = "its RolloutPolicy" if is_policy else "its InferenceService"
         if key is not None:
             first = min(errors, key=lambda e: e.line)
@@ -465,6 +547,8 @@ class _Builder:
                     ("spec", "target"),
                     "required in the config repo: name the InferenceService this policy rolls out",
                 ))
+        if policy is not None:
+            problems += _query_problems(policy.spec)
         if problems or policy is None:
             self._broken(doc, problems, key, is_policy=True)
             return
@@ -489,7 +573,7 @@ class _Builder:
             if key is not None:
                 self.named.add(key)
                 self.block(key, reason)
-        if raw is None or b"RolloutPolicy" in raw:
+        if raw is None or b"RolloutPolicy" in raw or b"canaryd.io/" in raw:
             self.held_defaults[None].append(f"{reason} and may hold RolloutPolicies")
 
     # -- cross-document rules ----------------------------------------------------------------------
@@ -598,24 +682,37 @@ def load_desired(
     default_namespace: str = "default",
     default_policy: PolicySpec | None = None,
     namespaces: Iterable[str] | None = None,
+    read_file: Callable[..., int] | None = None,
 ) -> DesiredSet:
     """Read every YAML file under `paths` (relative to `root`) into the desired set.
 
     `default_policy` (None = the built-in defaults, identical to policies/default.yaml) applies to
     services that have no RolloutPolicy; `namespaces` (None = all) limits what this canaryd manages.
+    `read_file` replaces `_read_docs` (same arguments and result): the daemon passes a cache of parsed
+    files keyed by git blob (canaryd.parsecache), so a sync re-parses only the files that changed.
     """
     builder = _Builder(default_namespace, frozenset(namespaces) if namespaces is not None else None)
-    for path, rel in _yaml_files(root, paths, builder.errors):
-        parsed: list[_Doc] = []
-        try:
-            _read_docs(path, rel, parsed)
-        except _FileLost as lost:
-            raw = path.read_bytes() if path.stat().st_size <= MAX_FILE_BYTES else None
-            builder.lose_file(rel, lost, parsed, raw)
-            continue
-        except OSError as exc:
-            builder.lose_file(rel, _FileLost(1, "(file)", f"cannot read: {exc.strerror}"), parsed, None)
-            continue
-        for doc in parsed:
-            builder.add(doc)
-    return builder.build(default_policy if default_policy is not None else PolicySpec())
+    policy = default_policy if default_policy is not None else PolicySpec()
+    try:
+        files = _yaml_files(root, paths, builder.errors)
+        nodes_left = MAX_REPO_NODES
+        for path, rel in files:
+            parsed: list[_Doc] = []
+            try:
+                nodes_left -= (read_file or _read_docs)(path, rel, parsed, nodes_left, MAX_REPO_NODES)
+            except _FileLost as lost:
+                raw = path.read_bytes() if path.is_file() and path.stat().st_size <= MAX_FILE_BYTES else None
+                builder.lose_file(rel, lost, parsed, raw)
+                continue
+            except OSError as exc:
+                builder.lose_file(rel, _FileLost(1, "(file)", f"cannot read: {exc.strerror}"), parsed, None)
+                continue
+            for doc in parsed:
+                builder.add(doc)
+    except _RepoTooLarge as exc:
+        # Nothing of a tree over the limits is used (not a partial desired state); the error names no
+        # service, so the set is not prune-safe and nothing is deleted for having "left Git".
+        refused = _Builder(default_namespace, builder.namespaces)
+        refused.errors.append(DocError(exc.file, 1, "(repo)", exc.message))
+        return refused.build(policy)
+    return builder.build(policy)

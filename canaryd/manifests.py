@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 from canaryd.policy import API_VERSION as POLICY_API_VERSION
 from canaryd.policy import KIND as POLICY_KIND
+from canaryd.yamlsafe import short
 
 V1BETA1 = "serving.kserve.io/v1beta1"
 V1ALPHA2 = "serving.kubeflow.org/v1alpha2"
@@ -109,11 +111,16 @@ def classify(doc: object) -> DocKind | None:
             ("apiVersion",) if kind == POLICY_KIND else ("kind",),
             f"unsupported {api_version}/{kind}: canaryd reads {POLICY_API_VERSION} {POLICY_KIND}",
         )])
-    if kind == ISVC_KIND and group in _ISVC_GROUPS:
+    if kind == ISVC_KIND:
+        # Any group: a typo (`serving.kserv.io/v1beta1`) must not make the service silently leave Git.
         raise ManifestError([Problem(
             ("apiVersion",),
-            f"unsupported InferenceService version {api_version!r}: use {V1BETA1} or {V1ALPHA2}",
+            f"unsupported InferenceService version {short(api_version)}: use {V1BETA1} or {V1ALPHA2}",
         )])
+    if group in _ISVC_GROUPS and isinstance(kind, str) and kind != ISVC_KIND and \
+            get_close_matches(kind, [ISVC_KIND], n=1, cutoff=0.8):
+        # KServe's group has other kinds (ServingRuntime, InferenceGraph...), but not this close to ours.
+        raise ManifestError([Problem(("kind",), f"unknown kind {short(kind)} (did you mean {ISVC_KIND!r}?)")])
     return None
 
 
@@ -127,7 +134,13 @@ def key_hint(doc: object, default_namespace: str) -> tuple[str, str] | None:
     name, ns = meta.get("name"), meta.get("namespace")
     if not isinstance(name, str) or not name:
         return None
-    return (ns if isinstance(ns, str) and ns else default_namespace, name)
+    if ns is None:
+        return (default_namespace, name)
+    if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
+        # Unknown, not the default: `namespace: [models]` must not be filed under the default namespace,
+        # where it would leave models/<name> looking deleted from Git (and prunable).
+        return None
+    return (ns, name)
 
 
 def normalise_isvc(doc: Mapping[str, Any], default_namespace: str) -> dict[str, Any]:
@@ -185,11 +198,44 @@ def normalise_isvc(doc: Mapping[str, Any], default_namespace: str) -> dict[str, 
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations},
         "spec": spec,
     }
+    unsendable = _json_problems(spec, ("spec",))
+    if unsendable:
+        raise ManifestError(unsendable)
     try:
         plain: dict[str, Any] = json.loads(json.dumps(manifest, default=_json_default, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - _json_problems found them
         raise ManifestError([Problem(("spec",), f"cannot be sent as JSON: {exc}")]) from None
     return plain
+
+
+def _json_problems(value: object, path: Path) -> list[Problem]:
+    """Where `value` holds what JSON cannot carry (NaN/Infinity, `!!binary`, `!!set`, date keys...), so the
+    error names that field rather than all of `spec`. Shared (aliased) objects are visited once."""
+    out: list[Problem] = []
+    seen: set[int] = set()
+    stack: list[tuple[object, Path]] = [(value, path)]
+    while stack and len(out) < 20:
+        item, where = stack.pop()
+        if isinstance(item, dict | list):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str | int | float | bool) and k is not None:
+                    out.append(Problem((*where, str(k)), f"a {type(k).__name__} key cannot be sent as JSON;"
+                                                         " quote it"))
+                elif isinstance(k, float) and not math.isfinite(k):
+                    out.append(Problem((*where, str(k)), "a NaN or infinite key cannot be sent as JSON"))
+                else:
+                    stack.append((v, (*where, str(k))))
+        elif isinstance(item, list):
+            stack.extend((v, (*where, i)) for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            out.append(Problem(where, f"{item} cannot be sent as JSON (Kubernetes takes finite numbers only)"))
+        elif not isinstance(item, str | int | float | bool | dt.date) and item is not None:
+            out.append(Problem(where, f"a {type(item).__name__} value cannot be sent as JSON"))
+    return sorted(out, key=lambda p: render_path(p.path))
 
 
 def unknown_keys(mapping: Mapping[Any, Any], allowed: frozenset[str], where: Path) -> list[Problem]:

@@ -29,10 +29,17 @@ class _Strict(BaseModel):
                               allow_inf_nan=False)
 
 
+#: The longest duration a policy may give (365d). Far longer ones (`99999999d`) validated, then overflowed
+#: the engine's date arithmetic at every tick.
+MAX_DURATION_S = 365 * 86400.0
+
+
 def _check_duration(value: str, *, allow_zero: bool = False) -> str:
     seconds = parse_duration(value)
     if seconds <= 0 and not allow_zero:
         raise ValueError(f"duration {value!r} must be greater than zero")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"duration {value!r} is longer than the limit of 365d")
     return value
 
 

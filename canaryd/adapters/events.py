@@ -5,6 +5,10 @@ rollout or a rollback. Events carry both the legacy fields (`source`, `firstTime
 `lastTimestamp`, `count`) that `kubectl describe` shows and the newer ones (`eventTime`,
 `reportingComponent`, `reportingInstance`, `action`); the API server requires the latter three whenever
 `eventTime` is set.
+
+A failed create is retried once, quickly (`kube.EVENT_RETRY`): a tick must not stall on an Event. A repeat
+after an attempt whose answer was lost may record the Event twice (each create gets a generated name);
+a duplicate line in `kubectl describe` is the price of not losing it to one 503.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal, cast
 
 from kubernetes import client
 
-from canaryd.adapters.kube import REQUEST_TIMEOUT, api_call
+from canaryd.adapters.kube import EVENT_RETRY, REQUEST_TIMEOUT, RetryPolicy, call
 from canaryd.rollout.state import TargetRef
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ def truncate(message: str, limit: int = MAX_MESSAGE) -> str:
 
 
 class EventRecorder:
+    #: How a create is retried (a class default; tests set another one on an instance).
+    retry: RetryPolicy = EVENT_RETRY
+
     def __init__(self, api_client: client.ApiClient, component: str = "canaryd",
                  instance: str | None = None,
                  timeout: tuple[float, float] | float = REQUEST_TIMEOUT) -> None:
@@ -53,11 +60,9 @@ class EventRecorder:
         """Create the Event; False (and a log line) if the API server did not take it."""
         body = self.event_body(ref, reason, message, type, uid, datetime.now(UTC))
         try:
-            with api_call(f"record Event {body['reason']} on {ref.kind} {ref.key}"):
-                # A plain dict keeps the exact wire format (timestamps) instead of the model's rendering.
-                self._api.create_namespaced_event(
-                    ref.namespace, cast(Any, body), _request_timeout=self._timeout
-                )
+            # A plain dict keeps the exact wire format (timestamps) instead of the model's rendering.
+            call(f"record Event {body['reason']} on {ref.kind} {ref.key}", lambda: self._api.create_namespaced_event(
+                ref.namespace, cast(Any, body), _request_timeout=self._timeout), self.retry)
         except Exception as exc:  # an Event must never break the caller
             log.warning("event not recorded: %s", exc)
             return False

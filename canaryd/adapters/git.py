@@ -14,6 +14,7 @@ configuration failure is not (retrying cannot fix it, and it would only hammer t
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import logging
 import os
@@ -32,7 +33,7 @@ import git
 import tenacity
 from git.exc import GitCommandError, GitError, InvalidGitRepositoryError, NoSuchPathError, UnsafeProtocolError
 
-from canaryd.desired import DesiredSet, load_desired
+from canaryd.desired import DesiredSet, load_desired, repo_size_problem
 from canaryd.policy import PolicySpec
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ _PERMANENT = re.compile(
     re.IGNORECASE,
 )
 
+# Failures of our own checkout rather than of the remote: git names a file of the checkout's `.git`
+# directory (a corrupt index or object, a lock left by a crash, an unwritable FETCH_HEAD) or reports
+# corruption. Fetching again cannot fix them; a fresh clone does.
+_BROKEN_CHECKOUT = re.compile(
+    r"""(?:^|[\s'"/(])\.git/|index file|is corrupt|bad config|bad object|unable to read tree""", re.IGNORECASE)
+
 # The credential helper git runs (`!cmd get`): it reads the token file on every call, so a rotated
 # Secret takes effect at the next fetch, and it answers only `get` (it never stores what git approves).
 _HELPER_CODE = """\
@@ -78,11 +85,13 @@ class GitSyncError(Exception):
     """Clone or fetch failed; the caller keeps its last good desired state. Credential-free message.
 
     `transient` says whether another attempt may succeed (network trouble), as opposed to a problem
-    that needs a person (credentials, host keys, a missing branch, a misconfiguration)."""
+    that needs a person (credentials, host keys, a missing branch, a misconfiguration). `broken_checkout`:
+    git failed on our own checkout (see `_BROKEN_CHECKOUT`), which a fresh clone repairs."""
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, broken_checkout: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.broken_checkout = broken_checkout
 
 
 @dataclass(frozen=True)
@@ -309,12 +318,21 @@ class GitSource:
         repo = self._open()
         if repo is not None:
             with repo:
-                self._retrying("fetch", lambda: self._run(
-                    repo.git, "fetch", "--prune", "--no-tags", *self._depth_args(), "origin",
-                    f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"))
-                commit = self._reset(repo)
+                try:
+                    self._retrying("fetch", lambda: self._run(
+                        repo.git, "fetch", "--prune", "--no-tags", *self._depth_args(), "origin",
+                        f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"))
+                except GitSyncError as exc:
+                    if not exc.broken_checkout:
+                        raise  # the remote's problem: keep the checkout we have
+                    log.warning("config repo checkout is broken; cloning it again", extra={"error": str(exc)})
+                else:
+                    commit = self._reset(repo)
         if commit is None:
             commit = self._retrying("clone", self._clone)
+        too_large = repo_size_problem(self.workdir, self.paths)
+        if too_large is not None:  # not retried: the commit itself is over the limits
+            raise GitSyncError(f"config repo {self.safe_url} at {commit[:12]} refused: {too_large}")
         changed = commit != self._last_commit
         self._last_commit = commit
         return SyncResult(commit=commit, root=self.workdir, changed=changed)
@@ -378,8 +396,9 @@ class GitSource:
             out = getattr(cmd, op)(*args, env=self._env(), kill_after_timeout=self.timeout)
         except GitCommandError as exc:
             detail = self._stderr(exc)
+            broken = bool(_BROKEN_CHECKOUT.search(detail))
             raise GitSyncError(f"git {op} of {self.safe_url} (branch {self.branch}) failed: {detail}",
-                               transient=not _PERMANENT.search(detail)) from None
+                               transient=not _PERMANENT.search(detail) and not broken, broken_checkout=broken) from None
         return str(out)
 
     def _retrying(self, op: str, attempt: Callable[[], T]) -> T:
@@ -448,7 +467,7 @@ class GitSource:
             elif remote != self._git_url:
                 raise ValueError("other remote")
             repo.git.rev_parse("--verify", "HEAD^{tree}")
-        except (GitError, OSError, ValueError, AttributeError, IndexError):
+        except (GitError, OSError, ValueError, AttributeError, IndexError, configparser.Error):
             repo.close()
             return None
         return repo

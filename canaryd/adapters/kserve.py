@@ -7,9 +7,11 @@ new version in `spec.canary` beside the stable `spec.default`, and its promotion
 each decided from the live object (see `V1Alpha2`).
 
 Writes are JSON merge patches (`application/merge-patch+json`, set explicitly rather than trusting the
-client's default), built by the pure `canaryd.apply`. Services in RawDeployment mode are refused before
-anything is written: KServe ignores `canaryTrafficPercent` there, so a "canary" would silently be a full
-rollout.
+client's default), built by the pure `canaryd.apply`. They are absolute (a whole spec, a percent, a removed
+field) and therefore idempotent: a write whose answer was lost (a 5xx, a timeout) is simply sent again by
+`kube.call`'s retries, and a repeat converges to the same object. Services in RawDeployment mode are
+refused before anything is written: KServe ignores `canaryTrafficPercent` there, so a "canary" would
+silently be a full rollout.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
-from canaryd.adapters.kube import REQUEST_TIMEOUT, KubeError, NotFound, api_call
+from canaryd.adapters.isvc_cache import InferenceServiceCache
+from canaryd.adapters.kube import DEFAULT_RETRY, REQUEST_TIMEOUT, KubeError, NotFound, RetryPolicy, call
 from canaryd.apply import (
     V1ALPHA2,
     V1BETA1,
@@ -317,17 +320,32 @@ def strategy_for(api_version: str) -> ServiceApi:
 
 
 class KServeAdapter:
+    """Reads and writes InferenceServices. Every request goes through `kube.call` with `retry`: reads
+    are safe to repeat, and so are the writes (see `_patch` and `apply`)."""
+
+    #: How requests are retried (a class default; tests set a faster one on an instance).
+    retry: RetryPolicy = DEFAULT_RETRY
+
     def __init__(self, api_client: client.ApiClient,
-                 timeout: tuple[float, float] | float = REQUEST_TIMEOUT) -> None:
+                 timeout: tuple[float, float] | float = REQUEST_TIMEOUT,
+                 cache: InferenceServiceCache | None = None) -> None:
+        """`cache`: a watch-fed InferenceServiceCache that `read` answers from when it can; our own writes
+        go through to it, so it is never older than what this adapter wrote."""
+        self._cache = cache
         self._api = client.CustomObjectsApi(api_client)
+        if cache is not None:
+            self._api = cache.write_through(self._api)
         self._timeout = timeout
 
     # -- reads ---------------------------------------------------------------------------------------
     def read(self, namespace: str, name: str, api_version: str = V1BETA1,
              component: str = "predictor") -> LiveService | None:
-        """The live service, or None if it does not exist; `canary_percent` is that of `component`."""
+        """The live service, or None if it does not exist; `canary_percent` is that of `component`.
+
+        From the watch-fed cache when it is synced (no API call), else with a GET."""
         api = strategy_for(api_version)
-        obj = self._get(api, namespace, name)
+        cached = self._cache.lookup(api.api_version, namespace, name) if self._cache is not None else None
+        obj = cached.obj if cached is not None else self._get(api, namespace, name)
         return None if obj is None else api.parse(obj, component)
 
     # -- writes --------------------------------------------------------------------------------------
@@ -345,10 +363,12 @@ class KServeAdapter:
 
         if action.create:
             body = api.create_body(manifest, action.component, action.canary_percent)
-            with api_call(f"create InferenceService {namespace}/{name}"):
-                created = self._api.create_namespaced_custom_object(
-                    api.group, api.version, namespace, api.plural, body, _request_timeout=self._timeout
-                )
+            # Retried: a repeat of a create that did land answers 409 AlreadyExists (a Conflict), and the
+            # controller then re-reads and decides again, with the service there.
+            created = call(f"create InferenceService {namespace}/{name}",
+                           lambda: self._api.create_namespaced_custom_object(
+                               api.group, api.version, namespace, api.plural, body, _request_timeout=self._timeout),
+                           self.retry)
             return _generation(_as_object(created))
 
         if action.canary_percent is not None:
@@ -388,10 +408,11 @@ class KServeAdapter:
         """Prune: delete the service (False when it was already gone)."""
         api = strategy_for(api_version)
         try:
-            with api_call(f"delete InferenceService {namespace}/{name}"):
-                self._api.delete_namespaced_custom_object(
-                    api.group, api.version, namespace, api.plural, name, _request_timeout=self._timeout
-                )
+            # Retried: a repeat of a delete that did land answers 404, i.e. already gone.
+            call(f"delete InferenceService {namespace}/{name}",
+                 lambda: self._api.delete_namespaced_custom_object(
+                     api.group, api.version, namespace, api.plural, name, _request_timeout=self._timeout),
+                 self.retry)
         except NotFound:
             return False
         return True
@@ -399,10 +420,10 @@ class KServeAdapter:
     # -- HTTP ----------------------------------------------------------------------------------------
     def _get(self, api: ServiceApi, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            with api_call(f"read InferenceService {namespace}/{name}"):
-                obj = self._api.get_namespaced_custom_object(
-                    api.group, api.version, namespace, api.plural, name, _request_timeout=self._timeout
-                )
+            obj = call(f"read InferenceService {namespace}/{name}",
+                       lambda: self._api.get_namespaced_custom_object(
+                           api.group, api.version, namespace, api.plural, name, _request_timeout=self._timeout),
+                       self.retry)
         except NotFound:
             return None
         return _as_object(obj)
@@ -418,11 +439,13 @@ class KServeAdapter:
 
     def _patch(self, api: ServiceApi, namespace: str, name: str, patch: dict[str, Any], what: str) -> int:
         log.debug("merge patch %s/%s: %s", namespace, name, patch)
-        with api_call(f"{what} InferenceService {namespace}/{name}"):
-            patched = self._api.patch_namespaced_custom_object(
-                api.group, api.version, namespace, api.plural, name, patch,
-                _content_type=MERGE_PATCH, _request_timeout=self._timeout,
-            )
+        # Retried: every patch canaryd sends sets absolute values (a spec, a percent, a removed field), so
+        # sending it again, after an attempt whose answer was lost, converges to the same object.
+        patched = call(f"{what} InferenceService {namespace}/{name}",
+                       lambda: self._api.patch_namespaced_custom_object(
+                           api.group, api.version, namespace, api.plural, name, patch,
+                           _content_type=MERGE_PATCH, _request_timeout=self._timeout),
+                       self.retry)
         return _generation(_as_object(patched))
 
 

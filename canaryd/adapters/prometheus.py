@@ -2,10 +2,11 @@
 
 Thin on purpose: queries come from `canaryd.analysis.queries`, judging is `canaryd.analysis.judge`.
 What this adapter owns is the failure semantics (DESIGN §6): an HTTP error, a timeout, a refused
-connection, an empty result where a value is needed, NaN or Inf all become `value=None` with an
-`error` that says why, never an exception out of `read` and never a pass. After the first transport or
-auth failure the remaining queries of the same read are skipped, so a dead or hanging Prometheus costs
-one timeout, not one per query.
+connection, an empty result where a value is needed, NaN or Inf, and a stale answer (one evaluated at
+another instant than the one asked for, as from a results cache or a proxy that froze) all become
+`value=None` with an `error` that says why, never an exception out of `read` and never a pass. After
+the first transport or auth failure the remaining queries of the same read are skipped, so a dead or
+hanging Prometheus costs one timeout, not one per query.
 
 Credentials are read from files on every request (mounted Secrets rotate) and are redacted from every
 error text this module produces.
@@ -19,9 +20,10 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,10 @@ _STATUS = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.S)
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
 _MAX_ERROR_CHARS = 300
 _AT = "@at"  # key of the reading time among a revision's kept counter readings
+#: How far the evaluation time of an answer may be from the `time` asked for. Prometheus answers an
+#: instant query at exactly that time (to the millisecond); more than this means the answer was made
+#: for another moment (a cache, a frozen proxy) and describes a window we did not ask about.
+_STALE_AFTER_S = 1.0
 
 
 class _FileAuth(requests.auth.AuthBase):
@@ -94,6 +100,60 @@ class _Read:
     broken: str | None = None
 
 
+_Vector = tuple[list[counters.Series] | None, str | None, str | None]  # series, error, what broke the read
+
+
+class _Pending:
+    """One namespace-wide query at one instant: run by the first read that needs it, waited for by the rest."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: _Vector = (None, "not run", None)
+
+
+class _SharedVectors:
+    """Per-instant cache of the batched counter queries (`PrometheusSource(batch=True)`).
+
+    Keyed by (query, evaluation instant); the instants are aligned to the scrape interval, so every
+    service of a namespace analysed within one interval shares one query per metric. Failures are not
+    kept (the next read asks again), and entries older than `keep_s` before the newest are dropped, so
+    the cache holds about one scrape interval's worth of namespaces.
+    """
+
+    def __init__(self, keep_s: float, wait_s: float) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, float], _Pending] = {}
+        self._keep_s = keep_s
+        self._wait_s = wait_s
+        self.shared = 0  # reads answered by another read's query
+
+    def get(self, query: str, at: float, fetch: Callable[[], _Vector]) -> _Vector:
+        key = (query, at)
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Pending()
+                old = [k for k in self._entries if k[1] < at - self._keep_s]
+                for k in old:
+                    del self._entries[k]
+            else:
+                self.shared += 1
+        if not owner:
+            if not entry.done.wait(self._wait_s):
+                return None, f"not queried: waited {self._wait_s:g}s for the shared query {query}", None
+            return entry.result
+        try:
+            entry.result = fetch()
+        finally:
+            entry.done.set()
+            if entry.result[0] is None:
+                with self._lock:
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
+        return entry.result
+
+
 def _safe_url(url: str) -> str:
     """`url` without user:password@ (a URL may carry credentials)."""
     parts = urlsplit(url)
@@ -117,7 +177,10 @@ class PrometheusSource:
         insecure: bool = False,
         profile: str | Profile = queries.DEFAULT_PROFILE,
         scrape_interval_s: float = 1.0,
+        batch: bool = False,
     ) -> None:
+        """`batch`: read the statistical judges' raw counters once per namespace and metric and share them
+        (see `read_counts`); off, every revision gets its own queries."""
         if ca_file is not None and insecure:
             raise ValueError("ca_file and insecure contradict each other: choose one")
         if bearer_token_file is not None and basic_auth is not None:
@@ -129,6 +192,12 @@ class PrometheusSource:
         self.timeout_s = timeout_s
         self.scrape_interval_s = scrape_interval_s
         self.profile = profile if isinstance(profile, Profile) else queries.get_profile(profile)
+        self.batch = batch
+        self._batch_step_s = max(scrape_interval_s, 0.001)
+        self._shared = _SharedVectors(keep_s=3 * self._batch_step_s, wait_s=2 * timeout_s + 1)
+        self._count_lock = threading.Lock()
+        #: Queries sent to Prometheus so far (for benchmarks and tests).
+        self.queries_sent = 0
         self._auth = _FileAuth(
             Path(bearer_token_file) if bearer_token_file is not None else None,
             (basic_auth[0], Path(basic_auth[1])) if basic_auth is not None else None,
@@ -202,8 +271,17 @@ class PrometheusSource:
         A revision without previous readings is first read at `window_start`, so its first window counts
         from there. Returns the counts (in `revisions` order, None counts where a query failed), the
         readings to keep for the next analysis, and the queries run.
+
+        With `batch`, the reading is taken at `at` rounded down to the scrape interval, with one query per
+        namespace and metric shared by every revision read at that instant (a thousand services rolling
+        out cost a few queries per namespace per interval, not four per service per analysis); each
+        revision keeps its own series (`counters.select`), so the counts are exactly those of per-revision
+        queries at that instant. The rounding loses nothing: the readings record the instant they were
+        taken at and the next window counts from there. The evidence names the per-revision queries, which
+        return the same series. The first reading at `window_start` (once per revision and rollout) stays a
+        per-revision query.
         """
-        run = _Read(at=time.time() if at is None else at)
+        run = _Read(at=self._instant(time.time() if at is None else at))
         results: list[RevisionCounts] = []
         kept: dict[str, dict[str, float]] = {}
         ran: list[str] = []
@@ -219,8 +297,14 @@ class PrometheusSource:
                 run.broken = run.broken or start.broken
                 if first_req is not None and first_buckets is not None:
                     _, prev = counters.count(revision, self.profile, first_req, first_buckets, None)
-            req, _ = self._query_vector(run, req_q)
-            buckets, _ = self._query_vector(run, bucket_q)
+            if self.batch:
+                req = self._shared_vector(run, counters.namespace_requests_query(self.profile, namespace))
+                buckets = self._shared_vector(run, counters.namespace_buckets_query(self.profile, namespace))
+                req = None if req is None else counters.select(self.profile, revision, req)
+                buckets = None if buckets is None else counters.select(self.profile, revision, buckets)
+            else:
+                req, _ = self._query_vector(run, req_q)
+                buckets, _ = self._query_vector(run, bucket_q)
             if prev is None:
                 # Without a starting point nothing can be counted yet: keep this reading as the start.
                 counted, readings = counters.count(revision, self.profile, None, None, None)
@@ -239,7 +323,7 @@ class PrometheusSource:
         window_start: float, *, at: float | None = None,
     ) -> tuple[WindowCounts, dict[str, dict[str, float]]]:
         """`read_counts` for a canary and its stable revision over the same window."""
-        now = time.time() if at is None else at
+        now = self._instant(time.time() if at is None else at)
         names = [canary] + ([stable] if stable is not None else [])
         counted, kept, ran = self.read_counts(namespace, names, previous, window_start, at=now)
         since = (previous.get(canary) or {}).get(_AT, window_start)
@@ -249,10 +333,37 @@ class PrometheusSource:
 
     # --- internals ---
 
+    def _instant(self, at: float) -> float:
+        """The evaluation instant of counter reads: `at`, or with `batch` the scrape-interval boundary at or
+        before it (idempotent, so a rounded instant passed back in stays put)."""
+        if not self.batch:
+            return at
+        return math.floor(round(at / self._batch_step_s, 6)) * self._batch_step_s
+
+    def _shared_vector(self, run: _Read, promql: str) -> list[counters.Series] | None:
+        """A namespace-wide vector at `run.at`, queried once for every read that needs it at that instant."""
+        if run.broken is not None:
+            return None
+
+        def fetch() -> _Vector:
+            probe = _Read(at=run.at)
+            series, error = self._query_vector(probe, promql)
+            return series, error, probe.broken
+
+        series, _error, broken = self._shared.get(promql, run.at, fetch)
+        if broken is not None:
+            run.broken = broken
+        return series
+
+    def _sent(self) -> None:
+        with self._count_lock:
+            self.queries_sent += 1
+
     def _query_vector(self, run: _Read, promql: str) -> tuple[list[counters.Series] | None, str | None]:
         """Every series of an instant vector (labels, value), or (None, why) when the query failed."""
         if run.broken is not None:
             return None, f"not queried: {run.broken}"
+        self._sent()
         try:
             result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
         except requests.RequestException as exc:
@@ -272,9 +383,12 @@ class PrometheusSource:
         for item in result:
             try:
                 labels = {str(k): str(v) for k, v in dict(item["metric"]).items()}
+                stale = _stale(item["value"][0], run.at)
                 out.append((labels, float(item["value"][1])))
             except (KeyError, TypeError, ValueError, IndexError):
                 return None, f"not an instant vector item: {str(item)[:80]!r}"
+            if stale is not None:
+                return None, stale
         log.debug("query %s at %.3f -> %d series", promql, run.at, len(out))
         return out, None
 
@@ -310,6 +424,7 @@ class PrometheusSource:
     def _run_query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
         if run.broken is not None:
             return None, f"not queried: {run.broken}"
+        self._sent()
         try:
             result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
         except requests.RequestException as exc:
@@ -322,7 +437,7 @@ class PrometheusSource:
             return None, text
         except (ValueError, KeyError, TypeError) as exc:
             return None, f"unexpected answer from Prometheus at {self.safe_url}: {exc}"
-        return _single_value(result)
+        return _single_value(result, run.at)
 
     def _describe_transport(self, exc: requests.RequestException) -> str:
         if isinstance(exc, _CredentialsError):
@@ -364,10 +479,22 @@ class PrometheusSource:
         return text
 
 
-def _single_value(result: Any) -> tuple[float | None, str | None]:
-    """One number from an instant query's `data.result` (a scalar, or a vector of exactly one series)."""
+def _stale(when: Any, at: float) -> str | None:
+    """Why an answer's evaluation time `when` does not fit the instant `at` we asked for (None: it fits)."""
+    evaluated = float(when)
+    if not math.isfinite(evaluated):
+        raise ValueError(f"evaluation time {when!r}")
+    if abs(evaluated - at) <= _STALE_AFTER_S:
+        return None
+    return (f"stale answer: evaluated at {evaluated:.3f}, {at - evaluated:+.1f}s from the requested {at:.3f}"
+            " (a results cache or proxy answering for another time?)")
+
+
+def _single_value(result: Any, at: float | None = None) -> tuple[float | None, str | None]:
+    """One number from an instant query's `data.result` (a scalar, or a vector of exactly one series),
+    evaluated at `at` (when given: an answer for another instant is stale, no data)."""
     if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
-        raw = result[1]  # resultType scalar: [time, "value"]
+        stamp, raw = result  # resultType scalar: [time, "value"]
     elif isinstance(result, list):
         if not result:
             return None, "empty result: no matching series in the window"
@@ -379,9 +506,19 @@ def _single_value(result: Any) -> tuple[float | None, str | None]:
         item = result[0]
         if not isinstance(item, dict) or "value" not in item:
             return None, "not an instant value (a range vector?): the query must yield one number"
-        raw = item["value"][1]
+        try:
+            stamp, raw = item["value"]
+        except (TypeError, ValueError):
+            return None, f"not an instant value: {str(item)[:80]!r}"
     else:
         return None, f"unexpected result {str(result)[:80]!r}"
+    if at is not None:
+        try:
+            stale = _stale(stamp, at)
+        except (TypeError, ValueError):
+            return None, f"not an instant value (evaluation time {str(stamp)[:40]!r})"
+        if stale is not None:
+            return None, stale
     try:
         value = float(raw)
     except (TypeError, ValueError):

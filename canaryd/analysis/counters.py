@@ -37,6 +37,25 @@ def raw_buckets_query(profile: Profile, namespace: str, revision: str) -> str:
     return f"{profile.latency_bucket_metric}{profile.selector(namespace, revision)}"
 
 
+def namespace_requests_query(profile: Profile, namespace: str) -> str:
+    """Every request-counter series of a namespace: one query serves every revision analysed there at the
+    same instant (see `select`)."""
+    return f"{profile.requests_metric}{profile.namespace_selector(namespace)}"
+
+
+def namespace_buckets_query(profile: Profile, namespace: str) -> str:
+    """Every latency-bucket series of a namespace (see `namespace_requests_query`)."""
+    return f"{profile.latency_bucket_metric}{profile.namespace_selector(namespace)}"
+
+
+def select(profile: Profile, revision: str, series: Iterable[Series]) -> list[Series]:
+    """The series of one revision among a namespace's: exactly those `raw_*_query(profile, ns, revision)`
+    returns (same labels, so the same `series_id`s, and readings kept by either way count on with the
+    other), because the namespace query already carries the namespace and fixed matchers."""
+    matcher = profile.revision_matcher(revision)
+    return [(labels, value) for labels, value in series if matches(matcher, labels)]
+
+
 def series_id(prefix: str, labels: Mapping[str, str]) -> str:
     """A short stable key for a series, so the readings stored in the ModelRollout stay small."""
     text = prefix + "\x00" + "\x00".join(f"{k}={labels[k]}" for k in sorted(labels) if k != "__name__")

@@ -113,6 +113,12 @@ class Profile:
         value = self.revision_template.replace("{revision}", text)
         return Matcher(self.revision_label, self.revision_op, value)
 
+    def namespace_selector(self, namespace: str) -> str:
+        """Every series of one namespace (the profile's fixed matchers kept): the batched counter reads ask
+        once per namespace and keep each revision's series client-side (`counters.select`)."""
+        matchers = [*self.fixed_matchers, Matcher(self.namespace_label, "=", namespace)]
+        return "{" + ",".join(m.render() for m in matchers) + "}"
+
     def selector(self, namespace: str, revision: str, *, errors_only: bool = False) -> str:
         matchers = [
             *self.fixed_matchers,

@@ -38,7 +38,7 @@ from canaryd.rollout.model import (
     Rollback,
     SetTraffic,
 )
-from canaryd.rollout.state import RolloutState, TargetRef
+from canaryd.rollout.state import Phase, RolloutState, TargetRef
 
 log = logging.getLogger("canaryd.controller")
 
@@ -133,14 +133,15 @@ class Controller:
                           prune=prune)
         decision = decide(state, obs, policy, now)
         new = decision.state
-        changed = new != state
+        changed = new != state and not _rescheduled_only(state, new)
         if changed:
             new = self.a.store.save(new)
         self._hold_point(target, decision.actions)
         uid = (live.manifest.get("metadata") or {}).get("uid") if live is not None else None
         for action in decision.actions:
             self._execute(new, action, uid)
-        if changed or any(not isinstance(a, RecordEvent) for a in decision.actions):
+        # A resting tick that was not saved still logs what the engine found worth saying (left running...).
+        if changed or decision.log or any(not isinstance(a, RecordEvent) for a in decision.actions):
             log.info(
                 "decision",
                 extra={
@@ -191,6 +192,19 @@ class Controller:
                 self.a.store.delete(ns, n)  # the memory goes with the service: Git no longer has it
             case _:
                 log.warning("no executor for %s", type(action).__name__)
+
+
+#: Phases whose `next_check_at` times nothing (no analysis, no deadline): only when to look again.
+_RESTING = frozenset({Phase.IDLE, Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED})
+
+
+def _rescheduled_only(old: RolloutState, new: RolloutState) -> bool:
+    """Whether a resting service's tick only moved its next check. Not saved: with a thousand services,
+    a ModelRollout write per service per tick would be most of canaryd's API traffic, for a hint."""
+    if new.status.phase not in _RESTING or old.status.phase != new.status.phase:
+        return False
+    same_time = new.status.model_copy(update={"next_check_at": old.status.next_check_at})
+    return new.model_copy(update={"status": same_time}) == old
 
 
 def _describe(action: Action) -> str:

@@ -23,10 +23,12 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from canaryd.adapters.events import EventRecorder
 from canaryd.adapters.git import GitSource, GitSyncError
+from canaryd.adapters.isvc_cache import InferenceServiceCache
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.kube import NotLeader, make_api_client
 from canaryd.adapters.notify import Notifier
@@ -38,8 +40,9 @@ from canaryd.daemon.leader import KubeLeaseClient, LeaderElector, LeaderMetrics
 from canaryd.daemon.metrics import Metrics
 from canaryd.daemon.scheduler import TickScheduler
 from canaryd.daemon.server import make_app
-from canaryd.desired import DesiredService, ServiceKey, load_desired
+from canaryd.desired import DesiredService, DesiredSet, ServiceKey, load_desired
 from canaryd.httpserver import ThreadedServer
+from canaryd.parsecache import ParsedFileCache
 from canaryd.policy import policy_snapshot
 from canaryd.rollout.model import Desired
 from canaryd.rollout.state import RolloutState, TargetRef
@@ -82,7 +85,13 @@ class Daemon:
         basic = (p.basic_auth_user, p.basic_auth_password_file) if p.basic_auth_user and p.basic_auth_password_file \
             else None
         self.store = StateStore(api)
-        self.kserve = KServeAdapter(api)
+        # InferenceServices are read from a list+watch cache (its own client: watches hold connections),
+        # not with a GET per service per tick; until it has listed, reads fall back to GETs.
+        self.isvc_cache: InferenceServiceCache | None = None
+        if k.watch_cache:
+            self.isvc_cache = InferenceServiceCache(make_api_client(k.kubeconfig, k.context, component="daemon"),
+                                                    k.namespaces or None)
+        self.kserve = KServeAdapter(api, cache=self.isvc_cache)
         self.notifier = Notifier(settings.notifications)
         self.adapters = Adapters(
             kserve=self.kserve,
@@ -91,7 +100,7 @@ class Daemon:
             notifier=self.notifier,
             prometheus=PrometheusSource(
                 p.url, timeout_s=p.timeout_s, bearer_token_file=p.bearer_token_file, basic_auth=basic,
-                ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s,
+                ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s, batch=True,
             ),
         )
         self.default_policy = settings.load_default_policy()
@@ -105,6 +114,9 @@ class Daemon:
         self.sched = TickScheduler(self._tick, workers=settings.workers)
         self.desired: dict[ServiceKey, DesiredService] = {}
         self.commit: str | None = None
+        # A sync costs what changed: unchanged files are not parsed again, an unchanged commit not read again.
+        self.parse_cache = ParsedFileCache()
+        self._loaded: tuple[str, DesiredSet] | None = None
         self._reported: set[str] = set()
         self._synced = False
         self._prune_safe = False
@@ -187,9 +199,7 @@ class Daemon:
                 log.error("config repo sync failed; keeping the last good desired state",
                           extra={"error": str(exc)})
                 return
-            s = self.settings
-            ds = load_desired(result.root, s.repo.paths, s.kubernetes.default_namespace, self.default_policy,
-                              s.kubernetes.namespaces or None)
+            ds = self._load(result.commit, result.root)
             self.metrics.syncs.labels("ok").inc()
             self.metrics.last_sync.set(time.time())
             self.metrics.config_errors.set(len(ds.problems))
@@ -226,6 +236,19 @@ class Daemon:
                     self.sched.trigger(str(key))
             if first:
                 self._resume_known()
+
+    def _load(self, commit: str, root: Path) -> DesiredSet:
+        """The desired set of `commit`: the same as last time if the commit did not change (the checkout is
+        reset to it, and the set is a pure function of its files and our settings), else read with the
+        parsed-file cache, so only files whose git blob changed are parsed."""
+        if self._loaded is not None and self._loaded[0] == commit:
+            return self._loaded[1]
+        s = self.settings
+        self.parse_cache.refresh(root)
+        ds = load_desired(root, s.repo.paths, s.kubernetes.default_namespace, self.default_policy,
+                          s.kubernetes.namespaces or None, read_file=self.parse_cache.read)
+        self._loaded = (commit, ds)
+        return ds
 
     def _resume_known(self) -> None:
         """Services with a ModelRollout that left Git still get ticks (their rollout must end cleanly).
@@ -299,6 +322,8 @@ class Daemon:
         if self.leader is not None:
             extra.update(identity=self.leader.identity, lease=self.lease_ref)
         log.info("canaryd started", extra=extra)
+        if self.isvc_cache is not None:
+            self.isvc_cache.start()  # on a standby too: a warm cache when it takes over
         self.sched.start()
         if self.leader is None:
             self.leader_metrics.leader.set(1)  # alone: always the one that acts
@@ -327,6 +352,8 @@ class Daemon:
         if self.leader is not None:
             self.leader.stop(release=True, timeout=max(0.5, min(5.0, deadline - time.monotonic())))
         self.sched.shutdown(wait=False)
+        if self.isvc_cache is not None:
+            self.isvc_cache.stop(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
         self.notifier.close(timeout=max(0.0, min(5.0, deadline - time.monotonic() - 0.5)))
         self.server.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         log.info("canaryd stopped", extra={"clean": drained})

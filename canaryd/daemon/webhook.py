@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import Counter
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from canaryd.config import WebhookSettings
@@ -244,6 +244,10 @@ class GitWebhook:
         cap = self.settings.max_body_bytes
         try:
             body = await read_capped(request, cap)
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer, nothing to judge
+            self._count(provider, "bad_request")
+            log.debug("webhook client disconnected before sending its body", extra={"remote": remote})
+            return Response(status_code=400)
         except BodyTooLarge:
             self._count(provider, "too_large")
             log.warning("webhook rejected: body too large", extra={"provider": provider, "remote": remote,
@@ -290,6 +294,6 @@ def _payload(headers: Mapping[str, str], body: bytes) -> dict[str, Any] | None:
         text = values[0]
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the JSON decoder goes
         return None
     return data if isinstance(data, dict) else None

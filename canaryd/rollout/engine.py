@@ -649,6 +649,12 @@ class _Tick:
                 self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
                 self.event("DriftCorrected", f"{drift}; set back to {st.weight}%", warning=True)
         request = analysis_request(self.state, p, self.now)
+        if self.pct(live) != st.weight:
+            # The step's traffic was not in force, for as long as we cannot tell (after a crash between saving
+            # the step and applying it: the whole downtime). Its clock starts now that it is applied: an
+            # analysis due now is still judged (a fail is the canary's), but its pass cannot end a step that
+            # was never served (found by the crash campaign: 10 % -> 60 % with 30 % applied for milliseconds).
+            self.state = self.state.evolve(step_started_at=self.now)
         if request is None:
             if st.next_check_at is None or st.next_check_at <= self.now:
                 start = _window_start(self.state, p)

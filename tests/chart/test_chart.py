@@ -563,7 +563,7 @@ _CLI_ONLY = {"canaryd/operator.py", "canaryd/cli.py", "canaryd/plan.py", "canary
 
 def _custom_resources(module: str) -> set[tuple[str, str]]:
     """(group, plural) a module's *_custom_object calls act on."""
-    if module == "canaryd/adapters/kserve.py":
+    if module in ("canaryd/adapters/kserve.py", "canaryd/adapters/isvc_cache.py"):
         from canaryd.adapters.kserve import STRATEGIES
 
         return {(s.group, s.plural) for s in STRATEGIES.values()}

@@ -297,8 +297,11 @@ ANALYSING = [
         now=at(120), phase=Phase.PROGRESSING, actions=[SetTraffic(COMP, 10)]),
     row("live-percent-removed-is-reasserted", state=progressing(next_check_at=at(125)),
         live=live(percent=None), now=at(120), phase=Phase.PROGRESSING, actions=[SetTraffic(COMP, 10)]),
-    row("reassert-then-advance", state=progressing(), live=live(percent=0), now=at(120), samples=GOOD,
-        phase=Phase.PROGRESSING, actions=[SetTraffic(COMP, 10), SetTraffic(COMP, 50)], status={"weight": 50}),
+    # The step's traffic was not in force (a crash between saving it and applying it): it is re-asserted and
+    # its clock restarts, rather than passing a step that was never served (see test_crash_invariants).
+    row("reassert-restarts-the-step", state=progressing(), live=live(percent=0), now=at(120), samples=GOOD,
+        phase=Phase.PROGRESSING, actions=[SetTraffic(COMP, 10)],
+        status={"weight": 10, "step": 0, "step_started_at": at(120)}),
     row("holding-reasserts-its-weight", state=progressing(Phase.HOLDING, hold_since=at(90),
                                                           next_check_at=at(125)),
         live=live(percent=25), now=at(120), phase=Phase.HOLDING, actions=[SetTraffic(COMP, 10)]),

@@ -103,7 +103,7 @@ def test_max_requests_statuses_and_host_header(server: tuple[ThreadedServer, Rec
     assert gen.wait(timeout=5.0)
     stats = gen.stats()
     assert stats.sent == 60 and stats.ok + stats.errors == 60
-    assert stats.by_status == {200: stats.ok, 500: stats.errors} and 25 <= stats.ok <= 35
+    assert stats.by_status == {200: stats.ok, 500: stats.errors} and 20 <= stats.ok <= 40  # ~half each
     assert rec.hosts == {"iris.models.example.com": stats.ok, "prev-iris.models.example.com": stats.errors}
 
 

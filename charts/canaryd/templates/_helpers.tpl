@@ -72,17 +72,18 @@ app.kubernetes.io/managed-by: {{ $ctx.Release.Service }}
 
 {{/*
 RBAC: the API calls canaryd's daemon makes in every watched namespace (or cluster-wide), and nothing
-else. Keep in step with canaryd/adapters/{kserve,statestore,events}.py; tests/chart/test_chart.py
+else. Keep in step with canaryd/adapters/{kserve,isvc_cache,statestore,events}.py; tests/chart/test_chart.py
 compares these rules with the calls found in those files.
 
-- InferenceServices (KServe v1beta1 and KFServing v1alpha2): read, create, merge-patch (canary
-  percent, promotion, rollback, spec changes); delete only with prune.
+- InferenceServices (KServe v1beta1 and KFServing v1alpha2): read, list and watch (the daemon's
+  watch-fed cache, canaryd/adapters/isvc_cache.py), create, merge-patch (canary percent, promotion,
+  rollback, spec changes); delete only with prune.
 - ModelRollouts (canaryd's state): read, list (resume after a restart), create, replace (spec and
   status in one write); delete only with prune.
 - Events on InferenceServices: create.
 */}}
 {{- define "canaryd.rbacRules" -}}
-{{- $isvcVerbs := list "get" "create" "patch" }}
+{{- $isvcVerbs := list "get" "list" "watch" "create" "patch" }}
 {{- $stateVerbs := list "get" "list" "create" "update" }}
 {{- if .Values.prune }}
 {{- $isvcVerbs = append $isvcVerbs "delete" }}
