@@ -144,7 +144,9 @@ def make_api_client(kubeconfig: str | None, context: str | None = None, *, compo
         where = f"kubeconfig {kubeconfig!r}" if kubeconfig else "in-cluster service account"
         raise KubeError(f"cannot configure the Kubernetes client from the {where}: {exc}") from exc
     api.user_agent = user_agent(component)
-    # Before any pool exists (pools are made on the first request, from these keyword arguments).
+    # Before any pool exists (pools are made on the first request, from these keyword arguments); and in
+    # the configuration, for a REST client rebuilt from it later (a bigger pool for watches, say).
+    api.configuration.retries = _TRANSPORT_RETRY
     cast(Any, api.rest_client).pool_manager.connection_pool_kw["retries"] = _TRANSPORT_RETRY
     if write_guard is not None:
         cast(Any, api).rest_client = _WriteFence(api.rest_client, write_guard)

@@ -5,9 +5,11 @@ check that rollouts still end right (good versions promoted, bad ones rolled bac
 missing data). Prometheus has its own HTTP proxy, `canaryd.sandbox.faultproxy`.
 
 - `ApiFaults` is a request hook for `KubeApiEmulator.hooks`: chosen requests (by client User-Agent,
-  namespace, verb, resource) get a 409 Conflict, a 5xx, a 429 with Retry-After, a slow answer, or, for
-  watches, a stream cut short or expired (410). A fault fires with a probability, from a seeded RNG, and
-  at most `limit` times; every firing is logged, so a test can assert what the client saw.
+  namespace, verb, resource) get a 409 Conflict, a 5xx, a 429 with Retry-After, a slow answer, an
+  answer lost after the write was applied, or, for watches, a stream cut short, gone silent or expired
+  (410). A fault fires with a probability, from a seeded RNG, and at most `limit` times; every firing is
+  logged, so a test can assert what the client saw.
+- `promoted_on_missing_data` is the invariant the tests and the bench check on every promotion.
 - `TcpFaultProxy` forwards TCP to an upstream and can make it unreachable: refuse connections (nothing
   listens), reset them, or accept and never answer (a black hole).
 - `force_push` rewrites the history of a sandbox config repo; `corrupt_checkout` damages a clone the

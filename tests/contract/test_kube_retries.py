@@ -251,3 +251,23 @@ def test_faults_match_only_their_clients(api: client.ApiClient, emulator: KubeAp
     assert {c.user_agent.rsplit(" ", 1)[-1] for c in calls(emulator, PLURAL, "daemon-only", "get")} == {"cli",
                                                                                                         "daemon"}
     assert GROUP in {c.group for c in calls(emulator, PLURAL, "daemon-only", "get")}
+
+
+def test_hidden_retries_stay_off_when_the_rest_client_is_rebuilt(emulator: KubeApiEmulator, faults: ApiFaults,
+                                                                 tmp_path: Path) -> None:
+    """A REST client rebuilt from the configuration (the InferenceService cache does, for a bigger pool)
+    keeps urllib3's retries narrowed to connection failures: one timed-out GET is one request."""
+    from kubernetes.client import rest
+
+    rebuilt = make_api_client(str(emulator.write_kubeconfig(tmp_path / "kc")), component="daemon")
+    rebuilt.configuration.connection_pool_maxsize = 16
+    rebuilt.rest_client = rest.RESTClientObject(rebuilt.configuration)
+    faults.add(ApiFault("slow", Match(name="hung-rebuilt"), delay_s=1.5))
+    try:
+        s = store(rebuilt, timeout=(2.0, 0.3))
+        s.retry = RetryPolicy(attempts=1)
+        with pytest.raises(KubeError):
+            s.load(NS, "hung-rebuilt")
+    finally:
+        rebuilt.close()
+    assert len([f for f in faults.fired("slow") if f.name == "hung-rebuilt"]) == 1
