@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=12.0,
                     help="stop killing after this long, whatever the count (default 12)")
     ap.add_argument("--keep-dir", type=Path, default=None,
-                    help="keep the sandbox's files here (daemon log, Git repo, kubeconfigs) for a look afterwards")
+                    help="keep the sandbox's files here (daemon log, Git repo, kubeconfigs, and proxy-trace.log: every"
+                         " request the daemon made and what it was told) for a look afterwards")
     args = ap.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C: the sandbox, Prometheus, the daemon and the load process are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CampaignConfig(seed=seed, kills=args.kills, services=args.services,
                          max_duration_s=args.max_minutes * 60)
     started = time.monotonic()
-    report = Campaign(cfg, workdir=args.keep_dir, progress=lambda msg: print(f"  {msg}", flush=True)).run()
+    report = Campaign(cfg, workdir=args.keep_dir, trace=args.keep_dir is not None,
+                      progress=lambda msg: print(f"  {msg}", flush=True)).run()
     print(report.summary())
     print(f"wall time {time.monotonic() - started:.0f} s")
     return 1 if report.violations else 0

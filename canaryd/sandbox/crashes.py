@@ -51,8 +51,10 @@ import json
 import logging
 import os
 import random
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -63,7 +65,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import yaml
 from kubernetes import client, watch
@@ -296,6 +298,11 @@ def patch_kind(patch: Mapping[str, Any]) -> str:
     return "promote" if pct is None else "rollback" if pct == 0 else "traffic"
 
 
+def _is_watch(path: str) -> bool:
+    query = dict(parse_qsl(urlsplit(path).query))
+    return query.get("watch", "").lower() in ("true", "1")
+
+
 def _as_dict(value: object) -> dict[str, Any]:
     """An API answer as the JSON object it is (the client's annotations say `object`)."""
     if not isinstance(value, dict):
@@ -325,7 +332,9 @@ class KillProxy:
 
     Only the daemon talks through it. `arm(trigger, kill)` sets the next kill; once it fired (or
     `freeze()` was called for a kill from outside) every request not yet forwarded is dropped without an
-    answer, as the requests of a dead process would be, until the next `arm`.
+    answer, as the requests of a dead process would be, until the next `arm`. Each request goes upstream
+    once, on a connection of its own; watches (the daemon's InferenceService cache) are relayed as they
+    stream.
     """
 
     def __init__(self, upstream: str, trace: Path | None = None) -> None:
@@ -337,6 +346,7 @@ class KillProxy:
         self._kill: Callable[[], None] | None = None
         self._frozen = True
         self._claimed = False  # the trigger matched: the proxy is killing the daemon
+        self._epoch = 0  # bumped at every arm and freeze: the watch streams of a dead daemon end with it
         self.fired = threading.Event()
         self.fired_on = ""
         proxy = self
@@ -367,11 +377,14 @@ class KillProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self._trace is not None:
+            self._trace.close()
 
     def arm(self, trigger: ApiTrigger | None, kill: Callable[[], None]) -> None:
         """Let requests through again; kill with `kill` at the first one matching `trigger`."""
         with self._lock:
             self._trigger, self._kill, self._frozen, self._claimed = trigger, kill, False, False
+            self._epoch += 1
             self.fired.clear()
             self.fired_on = ""
 
@@ -381,6 +394,7 @@ class KillProxy:
         with self._lock:
             self._frozen = True
             self._trigger = None
+            self._epoch += 1
             return not self._claimed
 
     def write_kubeconfig(self, path: Path) -> Path:
@@ -397,6 +411,9 @@ class KillProxy:
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
+        if _is_watch(h.path):
+            self._relay_watch(h, body)
+            return
         decision = self._decide(h.command, h.path, body)
         if decision == "drop":
             h.close_connection = True
@@ -467,6 +484,36 @@ class KillProxy:
         if self._kill is not None:
             self._kill()
         self.fired.set()
+
+    def _relay_watch(self, h: BaseHTTPRequestHandler, body: bytes) -> None:
+        """A watch (the daemon's InferenceService cache) is relayed as it streams, byte for byte, so the
+        daemon's cache sees events when the server sends them, as without the proxy. The upstream request
+        asks for `Connection: close`, so the stream ends when the server ends the watch; it also ends when
+        this daemon is killed (the epoch moves on). No kill point fires on a watch."""
+        with self._lock:
+            if self._frozen:
+                h.close_connection = True
+                return
+            epoch = self._epoch
+        h.close_connection = True
+        if self._trace is not None:
+            self._trace.write(f"{time.time():.3f} {h.command} {h.path} watch\n")
+        hop = ("host", "connection", "keep-alive", "proxy-connection", "transfer-encoding")
+        head = [f"{h.command} {h.path} HTTP/1.1", f"Host: {self._upstream[0]}:{self._upstream[1]}",
+                "Connection: close", *(f"{k}: {v}" for k, v in h.headers.items() if k.lower() not in hop)]
+        try:
+            with socket.create_connection(self._upstream, timeout=10) as up:
+                up.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+                while self._epoch == epoch:
+                    ready, _, _ = select.select([up], [], [], 0.5)
+                    if not ready:
+                        continue
+                    data = up.recv(65536)
+                    if not data:
+                        return
+                    h.wfile.write(data)
+        except OSError:
+            return  # either side went away: the stream ends, as a real one would
 
     def _forward(self, h: BaseHTTPRequestHandler, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
         """Send the request upstream exactly once, on a connection of its own (never retried: a retried
@@ -622,9 +669,11 @@ class ForkServer:
                 self.proc.stdin.close()
         try:
             self.proc.wait(10)
-        except Exception:
+        except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class ForkedDaemon:
@@ -805,6 +854,12 @@ class TrafficRecorder:
                 self._stop.wait(0.1)
             except Exception:  # keep recording: a transient error of the watch connection
                 self._stop.wait(0.1)
+
+    def generation(self, name: str) -> int:
+        """The newest generation of `name` seen so far (0: none)."""
+        with self._lock:
+            seen = self.writes.get(name)
+            return seen[-1].generation if seen else 0
 
     def _relist(self) -> None:
         lst = _as_dict(self.co.list_namespaced_custom_object(ISVC_GROUP, ISVC_VERSION, self.ns, ISVC_PLURAL))
@@ -999,13 +1054,15 @@ def poll(fn: Callable[[], T | None], timeout: float, every: float = 0.05) -> T |
 class Campaign:
     """One crash campaign: its own sandbox, daemon, proxy and recorder (see the module docstring)."""
 
-    def __init__(self, cfg: CampaignConfig, *, workdir: Path | None = None,
+    def __init__(self, cfg: CampaignConfig, *, workdir: Path | None = None, trace: bool = False,
                  progress: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.report = CampaignReport(seed=cfg.seed)
         self.progress = progress or (lambda _msg: None)
         self.workdir = workdir
+        #: Write every request the daemon makes, and what it was told, to `proxy-trace.log` in the sandbox.
+        self.trace = trace
         self.plan = plan_versions(cfg, rounds=400)
         self.rollouts: dict[str, list[Rollout]] = {s: [] for s in service_names(cfg)}
         self.retired: set[str] = set()  # services with a stuck rollout: nothing more is pushed to them
@@ -1028,7 +1085,7 @@ class Campaign:
             if self.cfg.fork_server:
                 self.forks = ForkServer()
                 stack.callback(self.forks.stop)
-            self.proxy = KillProxy(sb.api.url, trace=sb.dir / "proxy-trace.log" if self.workdir else None).start()
+            self.proxy = KillProxy(sb.api.url, trace=sb.dir / "proxy-trace.log" if self.trace else None).start()
             stack.callback(self.proxy.stop)
             self.recorder = TrafficRecorder(api, self.cfg.namespace).start()
             stack.callback(self.recorder.stop)
@@ -1055,7 +1112,7 @@ class Campaign:
             n = self.report.kills + 1
             self._one_kill(point, n)
             self._check_states(f"after kill {n} ({point})")
-            self._check_traffic(f"after kill {n}", final=False)
+            self._check_traffic(f"after kill {n}")
             self._advance(pushing=True)
             if n % 10 == 0:
                 self.progress(f"kill {n}/{cfg.kills}: {self.report.rollouts_completed} rollouts completed,"
@@ -1131,9 +1188,9 @@ class Campaign:
 
     def _final_checks(self) -> None:
         self._check_states("at the end")
-        self._check_traffic("at the end", final=True)
+        self._check_traffic("at the end")
         assert self.recorder is not None
-        self.report.recorder_gaps = list(self.recorder.gaps)
+        self.report.recorder_gaps = [*self.recorder.gaps, *self.report.recorder_gaps]
         self.report.unfinished = sum(1 for rs in self.rollouts.values() for r in rs if r.finished_at is None)
 
     # -- pushing and finishing rollouts ------------------------------------------------------------
@@ -1238,7 +1295,7 @@ class Campaign:
             for problem in check_rollout_object(obj):
                 self._violation(when, problem)
 
-    def _check_traffic(self, when: str, *, final: bool) -> None:
+    def _check_traffic(self, when: str) -> None:
         """Every rollout's writes so far (a prefix while it runs); once per rollout when complete."""
         assert self.recorder is not None
         for rs in self.rollouts.values():
@@ -1246,6 +1303,8 @@ class Campaign:
                 complete = r.finished_at is not None
                 if r.traffic_checked:
                     continue
+                if complete:
+                    self._recorder_caught_up(r.service)
                 timed = self.recorder.timed(r.service, r.uri)
                 values = [p for _, p in timed]
                 problems = check_percent_writes(values, self.cfg.steps, complete=complete, created=r.created)
@@ -1259,6 +1318,14 @@ class Campaign:
                     self._violation(f"{when}: {r.service} v{r.index} ({'good' if r.good else 'bad'})", p)
                 if complete or problems:
                     r.traffic_checked = True  # report each sequence once
+
+    def _recorder_caught_up(self, name: str) -> None:
+        """Wait (a little) until the watch has delivered the InferenceService's newest spec write, so a
+        finished rollout's last write is not missing from its sequence only because it is in flight."""
+        assert self.recorder is not None
+        generation = int(((self._isvc(name) or {}).get("metadata") or {}).get("generation") or 0)
+        if poll(lambda: self.recorder is not None and self.recorder.generation(name) >= generation, 10) is None:
+            self.report.recorder_gaps.append(f"{name}: generation {generation} not delivered by the watch in 10s")
 
     def _violation(self, when: str, what: str) -> None:
         what = f"{what} (last kill: {self.report.kill_log[-1] if self.report.kill_log else 'none'})"
