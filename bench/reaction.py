@@ -33,6 +33,7 @@ from canaryd.adapters.statestore import StateStore
 from canaryd.rollout.state import Phase
 from canaryd.sandbox.cluster import Sandbox
 from canaryd.sandbox.daemonproc import DaemonProcess
+from canaryd.sandbox.docs import isvc_yaml
 from canaryd.sandbox.scenario import Scenario
 
 NS, NAME = "models", "bench"
@@ -55,20 +56,7 @@ POLICY = textwrap.dedent(f"""\
 
 
 def isvc(push: int) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata:
-          name: {NAME}
-          namespace: {NS}
-          annotations:
-            {ANNOTATION}: "{push}"
-        spec:
-          predictor:
-            model:
-              modelFormat: {{name: sklearn}}
-              storageUri: gs://bench/model
-        """)
+    return isvc_yaml(NAME, NS, "gs://bench/model", annotations={ANNOTATION: str(push)})
 
 
 class FirstSeen:

@@ -88,18 +88,9 @@ def rolling(svcs: list[tuple[str, str]], share: float, n_ns: int) -> list[tuple[
 
 
 def isvc_doc(ns: str, name: str, uri: str, comment: str = "") -> str:
-    return (f"# {comment}\n" if comment else "") + textwrap.dedent(f"""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {ns}
-        spec:
-          predictor:
-            model:
-              modelFormat: {{name: sklearn}}
-              storageUri: {uri}
-        """)
+    from canaryd.sandbox.docs import isvc_yaml
+
+    return (f"# {comment}\n" if comment else "") + isvc_yaml(name, ns, uri)
 
 
 def isvc_obj(ns: str, name: str, uri: str) -> dict[str, Any]:

@@ -361,22 +361,9 @@ class PrometheusSource:
 
     def _query_vector(self, run: _Read, promql: str) -> tuple[list[counters.Series] | None, str | None]:
         """Every series of an instant vector (labels, value), or (None, why) when the query failed."""
-        if run.broken is not None:
-            return None, f"not queried: {run.broken}"
-        self._sent()
-        try:
-            result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
-        except requests.RequestException as exc:
-            run.broken = self._redact(self._describe_transport(exc))[:_MAX_ERROR_CHARS]
-            return None, run.broken
-        except PrometheusApiClientException as exc:
-            status, text = self._describe_status(exc)
-            text = self._redact(text)[:_MAX_ERROR_CHARS]
-            if status in (401, 403):
-                run.broken = text
-            return None, text
-        except (ValueError, KeyError, TypeError) as exc:
-            return None, f"unexpected answer from Prometheus at {self.safe_url}: {exc}"
+        result, error = self._fetch(run, promql)
+        if error is not None:
+            return None, error
         if not isinstance(result, list):
             return None, f"not an instant vector: {str(result)[:80]!r}"
         out: list[counters.Series] = []
@@ -391,7 +378,6 @@ class PrometheusSource:
                 return None, stale
         log.debug("query %s at %.3f -> %d series", promql, run.at, len(out))
         return out, None
-
 
     def _read_revision(
         self, run: _Read, namespace: str, service: str, revision: str, metrics: Sequence[Metric], window: str
@@ -415,29 +401,37 @@ class PrometheusSource:
         return RevisionReading(revision=revision, requests=count, metrics=readings)
 
     def _query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
-        value, error = self._run_query(run, promql)
-        if error is not None:  # the one exit of every error text: redact here, nowhere else
-            error = self._redact(error)[:_MAX_ERROR_CHARS]
+        result, error = self._fetch(run, promql)
+        value = None
+        if error is None:
+            value, error = _single_value(result, run.at)
+            error = self._clean(error) if error is not None else None
         log.debug("query %s at %.3f -> %s %s", promql, run.at, value, error or "")
         return value, error
 
-    def _run_query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
+    def _fetch(self, run: _Read, promql: str) -> tuple[Any, str | None]:
+        """The raw `data.result` of one instant query, or (None, why). The one place that talks to
+        Prometheus and turns its failures into text: redacted here, nowhere else. A transport or auth
+        failure marks the whole read broken, so the rest of it is skipped rather than timed out again."""
         if run.broken is not None:
             return None, f"not queried: {run.broken}"
         self._sent()
         try:
-            result = self._client.custom_query(promql, params={"time": f"{run.at:.3f}"})
+            return self._client.custom_query(promql, params={"time": f"{run.at:.3f}"}), None
         except requests.RequestException as exc:
-            run.broken = self._describe_transport(exc)
+            run.broken = self._clean(self._describe_transport(exc))
             return None, run.broken
         except PrometheusApiClientException as exc:
             status, text = self._describe_status(exc)
+            text = self._clean(text)
             if status in (401, 403):
                 run.broken = text
             return None, text
         except (ValueError, KeyError, TypeError) as exc:
-            return None, f"unexpected answer from Prometheus at {self.safe_url}: {exc}"
-        return _single_value(result, run.at)
+            return None, self._clean(f"unexpected answer from Prometheus at {self.safe_url}: {exc}")
+
+    def _clean(self, text: str) -> str:
+        return self._redact(text)[:_MAX_ERROR_CHARS]
 
     def _describe_transport(self, exc: requests.RequestException) -> str:
         if isinstance(exc, _CredentialsError):

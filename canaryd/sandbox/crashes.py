@@ -57,7 +57,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +75,7 @@ from canaryd.adapters.kube import make_api_client
 from canaryd.daemon.controller import HOLD_ENV, HOLD_ON_ENV
 from canaryd.policy import spec_from_snapshot
 from canaryd.rollout.state import ALLOWED, GROUP, PLURAL, VERSION, Phase, RolloutState
+from canaryd.sandbox import docs
 from canaryd.sandbox.cluster import Sandbox
 from canaryd.sandbox.daemonproc import DaemonProcess
 from canaryd.sandbox.kserve_logic import STORAGE_URI_ANNOTATION
@@ -1019,24 +1019,11 @@ def policy_doc(cfg: CampaignConfig, name: str) -> str:
             "metrics": [{"name": "error-rate", "max": 0.05}, {"name": "latency", "quantile": 0.99, "maxMs": 300}],
         },
     }
-    doc = {"apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
-           "metadata": {"name": name, "namespace": cfg.namespace}, "spec": spec}
-    return yaml.safe_dump(doc, sort_keys=False)
+    return docs.policy_doc(name, cfg.namespace, spec)
 
 
 def isvc_doc(namespace: str, name: str, uri: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {namespace}
-        spec:
-          predictor:
-            model:
-              modelFormat: {{name: sklearn}}
-              storageUri: {uri}
-        """)
+    return docs.isvc_yaml(name, namespace, uri)
 
 
 def poll(fn: Callable[[], T | None], timeout: float, every: float = 0.05) -> T | None:

@@ -16,6 +16,7 @@ from canaryd.adapters.statestore import StateStore
 from canaryd.rollout.state import Phase, RolloutState
 from canaryd.sandbox.cluster import Sandbox
 from canaryd.sandbox.daemonproc import DaemonProcess
+from canaryd.sandbox.docs import isvc_yaml
 from canaryd.sandbox.scenario import Scenario
 from canaryd.status import COLUMNS, row
 
@@ -61,18 +62,7 @@ POLICY = textwrap.dedent(f"""\
 
 
 def isvc(version: str) -> str:
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata:
-          name: {NAME}
-          namespace: {NS}
-        spec:
-          predictor:
-            model:
-              modelFormat: {{name: sklearn}}
-              storageUri: gs://models/iris/{version}
-        """)
+    return isvc_yaml(NAME, NS, f"gs://models/iris/{version}")
 
 
 WIDTHS = (12, 13, 7, 21, 21, 9, 9, 8, 0)

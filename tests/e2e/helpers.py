@@ -7,7 +7,6 @@ namespace.
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 import uuid
@@ -23,6 +22,9 @@ from canaryd.adapters.statestore import StateStore
 from canaryd.rollout.state import Phase, RolloutState
 from canaryd.sandbox.cluster import Sandbox
 from canaryd.sandbox.daemonproc import DaemonProcess
+from canaryd.sandbox.docs import isvc_yaml as isvc_yaml
+from canaryd.sandbox.docs import kfserving_yaml as kfserving_yaml
+from canaryd.sandbox.docs import policy_doc
 from canaryd.sandbox.gitrepo import ConfigRepo
 from canaryd.sandbox.loadgen import LoadGenerator, Target
 
@@ -65,56 +67,14 @@ def wait_until(fn: Callable[[], T | None], timeout: float, what: str, every: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
 
-def isvc_yaml(name: str, ns: str, uri: str, extra_predictor: str = "", labels: dict[str, str] | None = None) -> str:
-    lab = ""
-    if labels:
-        lab = "  labels:\n" + "".join(f"    {k}: {v}\n" for k, v in labels.items())
-    body = textwrap.dedent(f"""\
-        apiVersion: serving.kserve.io/v1beta1
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {ns}
-        """) + lab + textwrap.dedent(f"""\
-        spec:
-          predictor:
-            model:
-              modelFormat: {{name: sklearn}}
-              storageUri: {uri}
-        """)
-    if extra_predictor:
-        body += textwrap.indent(textwrap.dedent(extra_predictor), "    ")
-    return body
-
-
-def kfserving_yaml(name: str, ns: str, uri: str) -> str:
-    """A KFServing v1alpha2 InferenceService whose default endpoint serves the sklearn model at `uri`."""
-    return textwrap.dedent(f"""\
-        apiVersion: serving.kubeflow.org/v1alpha2
-        kind: InferenceService
-        metadata:
-          name: {name}
-          namespace: {ns}
-        spec:
-          default:
-            predictor:
-              sklearn:
-                storageUri: {uri}
-        """)
-
-
 def policy_yaml(name: str, ns: str, spec: dict[str, Any] | None = None, **overrides: Any) -> str:
-    import yaml
-
     s: dict[str, Any] = {"target": {"name": name}, **(spec or FAST_POLICY)}
     for k, v in overrides.items():
         if k == "analysis":
             s["analysis"] = {**s["analysis"], **v}
         else:
             s[k] = v
-    doc = {"apiVersion": "canaryd.io/v1alpha1", "kind": "RolloutPolicy",
-           "metadata": {"name": name, "namespace": ns}, "spec": s}
-    return yaml.safe_dump(doc, sort_keys=False)
+    return policy_doc(name, ns, s)
 
 
 class PercentRecorder:

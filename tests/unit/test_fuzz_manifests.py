@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from canaryd.desired import DesiredSet, ServiceKey, load_desired
 from canaryd.manifests import OBJECT_META_FIELDS, V1ALPHA2, V1BETA1, render_path
+from tests.unit.fuzz_support import FuzzPath, delete_at, dump, get_at, set_at
 
-FuzzPath = tuple[str | int, ...]
 BAD_FILE = "services/iris.yaml"
 IRIS = ServiceKey("models", "iris")
 OTHERS = (ServiceKey("models", "wine"), ServiceKey("models", "cedar"))
@@ -74,28 +74,6 @@ def write_repo(root: Path) -> Path:
     return root
 
 
-def dump(doc: Any) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=10**6)
-
-
-def _get(doc: Any, path: FuzzPath) -> Any:
-    for part in path:
-        doc = doc[part]
-    return doc
-
-
-def _set(doc: dict[str, Any], path: FuzzPath, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    _get(out, path[:-1])[path[-1]] = value
-    return out
-
-
-def _delete(doc: dict[str, Any], path: FuzzPath) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    del _get(out, path[:-1])[path[-1]]
-    return out
-
-
 @dataclass(frozen=True)
 class Fault:
     kind: str
@@ -138,33 +116,33 @@ def bad_namespaces() -> st.SearchStrategy[str]:
 
 def metadata_faults() -> st.SearchStrategy[Fault]:
     def unknown(api: str, key: str, value: Any) -> Fault:
-        return fault("unknown-key", api, _set(BASES[api], ("metadata", key), value), ("metadata", key))
+        return fault("unknown-key", api, set_at(BASES[api], ("metadata", key), value), ("metadata", key))
 
     return st.one_of(
         st.tuples(apis, key_text.filter(lambda k: k not in OBJECT_META_FIELDS), scalars).map(lambda t: unknown(*t)),
         st.tuples(apis, bad_names()).map(lambda t: fault(
-            "bad-name", t[0], _set(BASES[t[0]], ("metadata", "name"), t[1]), ("metadata", "name"),
+            "bad-name", t[0], set_at(BASES[t[0]], ("metadata", "name"), t[1]), ("metadata", "name"),
             unnamed=t[1] == "")),
         st.tuples(apis, not_str | st.none()).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata", "name"), t[1]), ("metadata", "name"), unnamed=True)),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata", "name"), t[1]), ("metadata", "name"), unnamed=True)),
         st.tuples(apis, bad_namespaces()).map(lambda t: fault(
-            "bad-namespace", t[0], _set(BASES[t[0]], ("metadata", "namespace"), t[1]), ("metadata", "namespace"),
+            "bad-namespace", t[0], set_at(BASES[t[0]], ("metadata", "namespace"), t[1]), ("metadata", "namespace"),
             unnamed=True)),
         st.tuples(apis, not_str).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata", "namespace"), t[1]), ("metadata", "namespace"),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata", "namespace"), t[1]), ("metadata", "namespace"),
             unnamed=True)),
         st.tuples(apis, st.sampled_from(["labels", "annotations"]), not_mapping).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata", t[1]), t[2]), ("metadata", t[1]))),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata", t[1]), t[2]), ("metadata", t[1]))),
         st.tuples(apis, key_text, not_str | st.none()).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata", "labels", t[1]), t[2]), ("metadata", "labels", t[1]))),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata", "labels", t[1]), t[2]), ("metadata", "labels", t[1]))),
         st.tuples(apis, st.integers(0, 99), st.text(max_size=5)).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata", "annotations", t[1]), t[2]),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata", "annotations", t[1]), t[2]),
             ("metadata", "annotations", str(t[1])))),
         st.tuples(apis, st.text(max_size=15).filter(lambda m: m not in ("Serverless", "Knative"))).map(lambda t: fault(
-            "raw-deployment", t[0], _set(BASES[t[0]], ("metadata", "annotations", MODE), t[1]),
+            "raw-deployment", t[0], set_at(BASES[t[0]], ("metadata", "annotations", MODE), t[1]),
             ("metadata", "annotations", MODE))),
         st.tuples(apis, not_mapping | st.none()).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("metadata",), t[1]), ("metadata",), unnamed=True)),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("metadata",), t[1]), ("metadata",), unnamed=True)),
     )
 
 
@@ -179,27 +157,27 @@ def spec_faults() -> st.SearchStrategy[Fault]:
 
     def percent_v1a(where: FuzzPath, value: Any) -> Fault:
         doc = copy.deepcopy(V1A)
-        _get(doc, where[:-1])[where[-1]] = value
+        get_at(doc, where[:-1])[where[-1]] = value
         return fault("owned-field", "v1alpha2", doc, where)
 
     return st.one_of(
         st.tuples(apis, not_mapping | st.none()).map(lambda t: fault(
-            "wrong-type", t[0], _set(BASES[t[0]], ("spec",), t[1]), ("spec",))),
-        st.just(fault("missing", "v1beta1", _delete(V1B, ("spec",)), ("spec",))),
-        st.just(fault("missing", "v1beta1", _delete(V1B, ("spec", "predictor")), ("spec", "predictor"))),
-        not_mapping.map(lambda v: fault("wrong-type", "v1beta1", _set(V1B, ("spec", "predictor"), v),
+            "wrong-type", t[0], set_at(BASES[t[0]], ("spec",), t[1]), ("spec",))),
+        st.just(fault("missing", "v1beta1", delete_at(V1B, ("spec",)), ("spec",))),
+        st.just(fault("missing", "v1beta1", delete_at(V1B, ("spec", "predictor")), ("spec", "predictor"))),
+        not_mapping.map(lambda v: fault("wrong-type", "v1beta1", set_at(V1B, ("spec", "predictor"), v),
                                         ("spec", "predictor"))),
         st.tuples(components, pct).map(lambda t: percent_v1b(*t)),
         pct.map(lambda v: percent_v1a(("spec", "canaryTrafficPercent"), v)),
         pct.map(lambda v: percent_v1a(("spec", "default", "predictor", "canaryTrafficPercent"), v)),
-        st.just(fault("owned-field", "v1alpha2", _set(V1A, ("spec", "canary"), V1A["spec"]["default"]),
+        st.just(fault("owned-field", "v1alpha2", set_at(V1A, ("spec", "canary"), V1A["spec"]["default"]),
                       ("spec", "canary"))),
-        st.just(fault("missing", "v1alpha2", _delete(V1A, ("spec", "default")), ("spec", "default", "predictor"))),
-        not_mapping.map(lambda v: fault("wrong-type", "v1alpha2", _set(V1A, ("spec", "default", "predictor"), v),
+        st.just(fault("missing", "v1alpha2", delete_at(V1A, ("spec", "default")), ("spec", "default", "predictor"))),
+        not_mapping.map(lambda v: fault("wrong-type", "v1alpha2", set_at(V1A, ("spec", "default", "predictor"), v),
                                         ("spec", "default", "predictor"))),
         # what JSON (the API server) cannot take, deep in the spec: the error names that field
         st.tuples(apis, st.sampled_from([math.nan, math.inf, -math.inf])).map(lambda t: fault(
-            "not-json", t[0], _set(BASES[t[0]], leaf(t[0]), t[1]), leaf(t[0]))),
+            "not-json", t[0], set_at(BASES[t[0]], leaf(t[0]), t[1]), leaf(t[0]))),
     )
 
 
@@ -219,9 +197,9 @@ def version_faults() -> st.SearchStrategy[Fault]:
                              "InfrenceService", "InferenceService "])
     return st.one_of(
         st.tuples(apis, versions).map(lambda t: fault(
-            "bad-version", t[0], _set(BASES[t[0]], ("apiVersion",), t[1]), ("apiVersion",))),
-        st.just(fault("bad-version", "v1beta1", _delete(V1B, ("apiVersion",)), ("apiVersion",))),
-        st.tuples(apis, kinds).map(lambda t: fault("kind-typo", t[0], _set(BASES[t[0]], ("kind",), t[1]), ("kind",))),
+            "bad-version", t[0], set_at(BASES[t[0]], ("apiVersion",), t[1]), ("apiVersion",))),
+        st.just(fault("bad-version", "v1beta1", delete_at(V1B, ("apiVersion",)), ("apiVersion",))),
+        st.tuples(apis, kinds).map(lambda t: fault("kind-typo", t[0], set_at(BASES[t[0]], ("kind",), t[1]), ("kind",))),
     )
 
 
@@ -331,8 +309,8 @@ def test_regression_mistyped_api_group_is_an_error_not_a_silently_ignored_docume
     """Defect: `apiVersion: serving.kserv.io/v1beta1` (or a kind typo) made classify() ignore the document,
     so the service silently left the desired state, with no error (and prune would delete it)."""
     root = write_repo(tmp_path / "repo")
-    for changed, field in ((_set(V1B, ("apiVersion",), "serving.kserv.io/v1beta1"), "apiVersion"),
-                           (_set(V1B, ("kind",), "InferenceSevice"), "kind")):
+    for changed, field in ((set_at(V1B, ("apiVersion",), "serving.kserv.io/v1beta1"), "apiVersion"),
+                           (set_at(V1B, ("kind",), "InferenceSevice"), "kind")):
         (root / BAD_FILE).write_text(dump(changed))
         ds = load_desired(root)
         [err] = ds.problems
@@ -351,7 +329,7 @@ def test_regression_namespace_of_the_wrong_type_does_not_make_the_service_prunab
     """Defect: `namespace: [models]` filed the broken service under the *default* namespace, so models/iris
     looked deleted from Git and the set was prune-safe: with `prune: true` canaryd would delete it."""
     root = write_repo(tmp_path / "repo")
-    (root / BAD_FILE).write_text(dump(_set(V1B, ("metadata", "namespace"), ["models"])))
+    (root / BAD_FILE).write_text(dump(set_at(V1B, ("metadata", "namespace"), ["models"])))
     ds = load_desired(root, default_namespace="default")
     assert [(e.field, e.service) for e in ds.problems] == [("metadata.namespace", None)]
     assert not ds.prune_safe and ServiceKey("default", "iris") not in ds.blocked
@@ -370,7 +348,7 @@ def test_regression_broken_manifest_in_an_unmanaged_namespace_is_not_blocked_the
     """Defect: a broken manifest for a namespace this canaryd does not manage was "blocked" under its key,
     and the daemon writes an InvalidConfig Warning Event for each blocked service: into that namespace."""
     root = write_repo(tmp_path / "repo")
-    doc = _set(_set(V1B, ("metadata", "namespace"), "team-b"), ("spec", "predictor", "canaryTrafficPercent"), 5)
+    doc = set_at(set_at(V1B, ("metadata", "namespace"), "team-b"), ("spec", "predictor", "canaryTrafficPercent"), 5)
     (root / "services/team-b.yaml").write_text(dump(doc))
     ds = load_desired(root, namespaces=["models"])
     assert ServiceKey("team-b", "iris") not in ds.blocked

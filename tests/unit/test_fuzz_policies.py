@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from canaryd.desired import DesiredSet, ServiceKey, load_desired
 from canaryd.durations import parse_duration
 from canaryd.manifests import render_path
+from tests.unit.fuzz_support import FuzzPath, delete_at, dump, get_at, set_at
 
-FuzzPath = tuple[str | int, ...]
 BAD_FILE = "policies/iris.yaml"
 IRIS = ServiceKey("models", "iris")
 OTHERS = (ServiceKey("models", "wine"), ServiceKey("models", "cedar"))
@@ -124,28 +124,6 @@ class Fault:
         return False
 
 
-def _get(doc: Any, path: FuzzPath) -> Any:
-    for part in path:
-        doc = doc[part]
-    return doc
-
-
-def _set(doc: dict[str, Any], path: FuzzPath, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    _get(out, path[:-1])[path[-1]] = value
-    return out
-
-
-def _delete(doc: dict[str, Any], path: FuzzPath) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    del _get(out, path[:-1])[path[-1]]
-    return out
-
-
-def dump(doc: Any) -> str:
-    return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=10**6)
-
-
 # Strict mappings and the keys they know (an unknown key there is an error).
 MAPPINGS: dict[FuzzPath, set[str]] = {
     (): {"apiVersion", "kind", "metadata", "spec"},
@@ -229,7 +207,7 @@ def _range(path: FuzzPath, values: st.SearchStrategy[Any], owner: FuzzPath | Non
            word: str | None = None, field: FuzzPath | None = None) -> st.SearchStrategy[Fault]:
     f = render_path(field or path)
     o = render_path(owner) if owner is not None else None
-    return values.map(lambda v: Fault("out-of-range", dump(_set(BASE, path, v)), f, o, word))
+    return values.map(lambda v: Fault("out-of-range", dump(set_at(BASE, path, v)), f, o, word))
 
 
 def out_of_range() -> st.SearchStrategy[Fault]:
@@ -290,29 +268,29 @@ def cross_field() -> st.SearchStrategy[Fault]:
                      render_path(owner) if owner is not None else None, word)
 
     slow_every = st.sampled_from(["2m", "90s", "1h"]).map(
-        lambda e: fault(_set(BASE, (*A, "every"), e), (*A, "every"), ("spec",), "analysis.every"))
+        lambda e: fault(set_at(BASE, (*A, "every"), e), (*A, "every"), ("spec",), "analysis.every"))
     latency_max = st.floats(0, 1).map(
-        lambda v: fault(_set(BASE, (*M, 1, "max"), v), (*M, 1, "max"), (*M, 1), "max"))
-    no_threshold = st.just(fault(_delete(_delete(BASE, (*M, 1, "maxMs")), (*M, 1, "maxRatio")),
+        lambda v: fault(set_at(BASE, (*M, 1, "max"), v), (*M, 1, "max"), (*M, 1), "max"))
+    no_threshold = st.just(fault(delete_at(delete_at(BASE, (*M, 1, "maxMs")), (*M, 1, "maxRatio")),
                                  (*M, 1, "maxMs"), (*M, 1), "maxMs"))
-    no_query = st.just(fault(_delete(BASE, (*M, 2, "query")), (*M, 2, "query"), (*M, 2), "query"))
+    no_query = st.just(fault(delete_at(BASE, (*M, 2, "query")), (*M, 2, "query"), (*M, 2), "query"))
     bad_placeholder = st.sampled_from(["pod", "ns", "namespace_", "revisions"]).map(
-        lambda p: fault(_set(BASE, (*M, 2, "query"), f'x{{a="{{{{{p}}}}}"}}'), (*M, 2, "query"), (*M, 2), p))
+        lambda p: fault(set_at(BASE, (*M, 2, "query"), f'x{{a="{{{{{p}}}}}"}}'), (*M, 2, "query"), (*M, 2), p))
     # (found by this fuzzer) accepted by the policy model, refused by every analysis: see test_desired
     unquoted_placeholder = st.sampled_from([
         "sum(rate({{revision}}[1m]))", "x{a={{namespace}}}", "x{a=`{{service}}`}", 'x{a="{{revision}}}',
-    ]).map(lambda q: fault(_set(BASE, (*M, 2, "query"), q), (*M, 2, "query")))
+    ]).map(lambda q: fault(set_at(BASE, (*M, 2, "query"), q), (*M, 2, "query")))
     min_over_max = st.floats(6, 1e6).map(
-        lambda v: fault(_set(BASE, (*M, 2, "min"), v), (*M, 2, "min"), (*M, 2), "min"))
+        lambda v: fault(set_at(BASE, (*M, 2, "min"), v), (*M, 2, "min"), (*M, 2), "min"))
     dup_metric = st.sampled_from([0, 1]).map(
-        lambda i: fault(_set(BASE, (*M, 2), BASE["spec"]["analysis"]["metrics"][i]), M))
-    dup_hook = st.just(fault(_set(BASE, ("spec", "webhooks"), [BASE["spec"]["webhooks"][0]] * 2),
+        lambda i: fault(set_at(BASE, (*M, 2), BASE["spec"]["analysis"]["metrics"][i]), M))
+    dup_hook = st.just(fault(set_at(BASE, ("spec", "webhooks"), [BASE["spec"]["webhooks"][0]] * 2),
                              ("spec", "webhooks")))
-    dup_component = st.just(fault(_set(BASE, ("spec", "target", "components"), ["predictor", "predictor"]),
+    dup_component = st.just(fault(set_at(BASE, ("spec", "target", "components"), ["predictor", "predictor"]),
                                   ("spec", "target", "components")))
     missing_component = st.sampled_from([["predictor", "transformer"], ["explainer"]]).map(
-        lambda c: fault(_set(BASE, ("spec", "target", "components"), c), ("spec", "target", "components")))
-    no_metrics = st.just(fault(_set(BASE, M, []), M, A, "metrics"))
+        lambda c: fault(set_at(BASE, ("spec", "target", "components"), c), ("spec", "target", "components")))
+    no_metrics = st.just(fault(set_at(BASE, M, []), M, A, "metrics"))
     return st.one_of(slow_every, latency_max, no_threshold, no_query, bad_placeholder, unquoted_placeholder,
                      min_over_max, dup_metric, dup_hook, dup_component, missing_component, no_metrics)
 
@@ -320,7 +298,7 @@ def cross_field() -> st.SearchStrategy[Fault]:
 def unknown_key() -> st.SearchStrategy[Fault]:
     def build(where: FuzzPath, key: str, value: Any) -> Fault:
         doc = copy.deepcopy(BASE)
-        _get(doc, where)[key] = value
+        get_at(doc, where)[key] = value
         return Fault("unknown-key", dump(doc), render_path((*where, key)))
 
     return st.sampled_from(sorted(MAPPINGS, key=str)).flatmap(
@@ -331,7 +309,7 @@ def unknown_key() -> st.SearchStrategy[Fault]:
 def wrong_type() -> st.SearchStrategy[Fault]:
     def at(paths: list[FuzzPath], values: st.SearchStrategy[Any]) -> st.SearchStrategy[Fault]:
         return st.tuples(st.sampled_from(paths), values).map(
-            lambda t: Fault("wrong-type", dump(_set(BASE, t[0], t[1])), render_path(t[0])))
+            lambda t: Fault("wrong-type", dump(set_at(BASE, t[0], t[1])), render_path(t[0])))
 
     return st.one_of(
         at(STR_LEAVES, not_str | st.none()),
@@ -345,7 +323,7 @@ def wrong_type() -> st.SearchStrategy[Fault]:
 
 def missing_required() -> st.SearchStrategy[Fault]:
     def build(path: FuzzPath) -> Fault:
-        return Fault("missing", dump(_delete(BASE, path)), render_path(path))
+        return Fault("missing", dump(delete_at(BASE, path)), render_path(path))
 
     return st.sampled_from([p for p, _ in REQUIRED]).map(build)
 
@@ -446,7 +424,7 @@ def test_generated_bad_policies_are_reported_and_contained(tmp_path: Path) -> No
 
 
 CANNED: list[tuple[str, Callable[[], str], str]] = [
-    ("quoted-placeholder-single", lambda: dump(_set(BASE, (*M, 2, "query"), "x{a='{{revision}}'}")),
+    ("quoted-placeholder-single", lambda: dump(set_at(BASE, (*M, 2, "query"), "x{a='{{revision}}'}")),
      "spec.analysis.metrics[2].query"),
 ]
 
@@ -468,7 +446,7 @@ def test_regression_policy_query_that_cannot_render_is_refused_at_load(tmp_path:
 def test_regression_duration_beyond_the_engines_date_range_is_refused(tmp_path: Path) -> None:
     """Defect: `warmup: 99999999d` validated, then `now + warmup` overflowed datetime at every tick."""
     root = write_repo(tmp_path / "repo")
-    (root / BAD_FILE).write_text(dump(_set(BASE, (*A, "warmup"), "99999999d")))
+    (root / BAD_FILE).write_text(dump(set_at(BASE, (*A, "warmup"), "99999999d")))
     ds = load_desired(root)
     [err] = [e for e in ds.problems if e.file == BAD_FILE]
     assert str(err).startswith(f"{BAD_FILE}:29: spec.analysis.warmup: duration '99999999d' is longer than the"
