@@ -23,6 +23,7 @@ from canaryd.adapters.hooks import WebhookCaller
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.adapters.statestore import Conflict, StateStore
+from canaryd.analysis.samples import AnalysisSamples, RevisionReading
 from canaryd.policy import PolicySpec
 from canaryd.rollout.engine import analysis_request, decide, gate_requests, in_force
 from canaryd.rollout.model import (
@@ -116,11 +117,18 @@ class Controller:
             p = in_force(state, policy)
             started = time.monotonic()
             at = now.timestamp()
-            samples = self.a.prometheus.read(
-                request.namespace, request.service, request.canary_revision, request.stable_revision,
-                list(p.analysis.metrics), request.window_s, at=at,
-            )
-            if request.mode != "threshold" and request.window_start is not None:
+            statistical = request.mode != "threshold"
+            if statistical and not p.analysis.metrics:
+                # The statistical judges read only exact counts: the per-metric window queries would be
+                # sent for nothing (two per revision per analysis).
+                samples = AnalysisSamples(window_s=request.window_s,
+                                          canary=RevisionReading(revision=request.canary_revision, requests=None))
+            else:
+                samples = self.a.prometheus.read(
+                    request.namespace, request.service, request.canary_revision, request.stable_revision,
+                    list(p.analysis.metrics), request.window_s, at=at,
+                )
+            if statistical and request.window_start is not None:
                 counts, readings = self.a.prometheus.window_counts(
                     request.namespace, request.canary_revision, request.stable_revision, request.counters,
                     request.window_start.timestamp(), at=at,
