@@ -107,8 +107,10 @@ def test_api_faults_rollouts_complete(env: Env) -> None:
 # -- Prometheus ------------------------------------------------------------------------------------------
 
 
-def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int = 5) -> threading.Thread:
-    """Faults in bursts: each mode in turn (shuffled) for 1.5 s, then 1.5 s of clean answers, until `stop`."""
+def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int = 5,
+         burst_s: float = 0.75) -> threading.Thread:
+    """Faults in bursts: each mode in turn (shuffled) for `burst_s`, then as long of clean answers, until
+    `stop`. Short bursts, so that several kinds reach the daemon within one fast rollout."""
 
     def run() -> None:
         order = list(modes)
@@ -117,10 +119,10 @@ def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int 
             while not stop.is_set():
                 for mode in order:
                     proxy.set(mode)
-                    if stop.wait(1.5):
+                    if stop.wait(burst_s):
                         return
                     proxy.set("pass")
-                    if stop.wait(1.5):
+                    if stop.wait(burst_s):
                         return
         finally:
             proxy.set("pass")
