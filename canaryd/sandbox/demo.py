@@ -65,7 +65,8 @@ def isvc(version: str) -> str:
     return isvc_yaml(NAME, NS, f"gs://models/iris/{version}")
 
 
-WIDTHS = (12, 13, 7, 21, 21, 9, 9, 8, 0)
+#: Column widths of the live table, one per `canaryd.status.COLUMNS` entry (the last is free).
+WIDTHS = (12, 13, 10, 7, 21, 21, 9, 9, 8, 0)
 
 
 def format_row(cells: tuple[str, ...]) -> str:
