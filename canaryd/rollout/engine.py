@@ -130,6 +130,8 @@ def ready_candidate(state: RolloutState, live: LiveService) -> str | None:
     candidate = comp.latest_created
     if candidate is None or candidate == state.status.baseline_created_revision or comp.latest_ready != candidate:
         return None
+    if candidate == state.status.stable_revision:
+        return None  # the revision serving now is never its own canary (KServe has not made ours yet)
     return candidate
 
 
@@ -455,12 +457,15 @@ class _Tick:
         superseding = st.phase in ACTIVE
         in_flight = self.comp if superseding else None
         previous = self.state.spec.last_applied
+        before = self.state
         self._take_spec(desired)
         self.state = self.state.evolve(spec={"previous_applied": previous})
         if not comps.sequenced(live.api_version):
             # One canary for the whole service (KFServing v1alpha2): every component moves with it.
             first = listed[0]
             baseline = None if already else live.component(first).latest_created
+            if baseline is None and not already and not superseding:
+                return self._wait_for_revision(before, desired, first)
             return self._begin(live, first, [], desired.manifest, previous, baseline, {}, superseding)
         old = previous if previous is not None else managed_part(live.manifest)
         plan = comps.plan(listed, old, desired.manifest, exact=previous is not None, in_flight=in_flight)
@@ -478,6 +483,8 @@ class _Tick:
             baseline = st.baseline_created_revision  # the superseded canary is still the one to judge
         else:
             baseline = live.component(first).latest_created
+            if baseline is None and not superseding:
+                return self._wait_for_revision(before, desired, first)
         baselines: dict[str, str] = {}
         for c in rest:
             known = st.baseline_created_revision if c == in_flight else live.component(c).latest_created
@@ -488,6 +495,21 @@ class _Tick:
             # The policy no longer canaries it: like any unlisted component, KServe moves it at once.
             self.actions.append(Promote(in_flight))
         return self._begin(live, first, rest, manifest, previous, baseline, baselines, superseding, plan.direct)
+
+    def _wait_for_revision(self, before: RolloutState, desired: Desired, comp: str) -> Decision:
+        """KServe has not reported the component's current revision yet (a service created moments ago,
+        or a status not written yet): the canary cannot start. Its candidate is "the first revision created
+        after the baseline", so with no baseline the revision serving now would be judged as the canary
+        and the new one promoted without analysis (found under API faults: a bad model pushed right after
+        its service was created was promoted). Nothing is applied; the next tick looks again."""
+        self.state = before
+        msg = (f"commit {_short(desired.commit)} waits: KServe has not reported the {comp}'s current revision"
+               " (status.components.*.latestCreatedRevision) yet, so there is no baseline to canary against")
+        self.log["waiting"] = msg
+        if self.state.status.message != msg:
+            self.state = self.state.evolve(message=msg)
+        self.schedule(self.later(POLL_S))
+        return self.done()
 
     def _begin(self, live: LiveService, first: str, rest: list[str], manifest: dict[str, Any],
                previous: dict[str, Any] | None, baseline: str | None, baselines: dict[str, str],

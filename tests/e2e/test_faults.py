@@ -58,12 +58,20 @@ def push_good_and_bad(env: Env) -> str:
                             f"services/{BAD}.yaml": isvc_yaml(BAD, env.ns, "gs://e2e/errors")}, "v2 and a bad one")
 
 
+def explain(env: Env, st: RolloutState) -> str:
+    """What a wrong outcome needs for a diagnosis: the history with its verdicts, and the daemon's log."""
+    lines = [f"{st.status.phase}: {st.status.message}"]
+    lines += [f"  {h.at.time()} {h.from_phase}->{h.phase} {h.reason}: {h.message[:400]}" for h in st.status.history]
+    tail = env.daemon.log_tail(60) if env.daemon else ""
+    return "\n".join(lines) + f"\ndaemon log:\n{tail}"
+
+
 def assert_outcomes(env: Env, commit: str, proxy: FaultProxy | None = None, timeout: float = 50) -> RolloutState:
     """`good` promoted (on real data), `bad` rolled back; returns good's final state."""
     good = env.wait_phase(GOOD, DONE, commit, timeout=timeout)
     bad = env.wait_phase(BAD, DONE, commit, timeout=timeout)
-    assert good.status.phase == Phase.SUCCEEDED, good.status.message
-    assert bad.status.phase == Phase.FAILED, bad.status.message
+    assert good.status.phase == Phase.SUCCEEDED, explain(env, good)
+    assert bad.status.phase == Phase.FAILED, explain(env, bad)
     assert promoted_on_missing_data(good, proxy) is None
     live_bad = env.isvc(BAD) or {}
     assert live_bad["spec"]["predictor"]["canaryTrafficPercent"] == 0
@@ -73,20 +81,18 @@ def assert_outcomes(env: Env, commit: str, proxy: FaultProxy | None = None, time
 # -- the Kubernetes API ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN DEFECT (issue 7): in the final CI run of session 2 the BAD version was promoted under these API "
-    "faults ('predictor revision bad-predictor-00002 serves 100%'). Passed in the runs before. Not yet "
-    "diagnosed; kept running (non-strict) so it keeps reporting until it is fixed."))
 def test_api_faults_rollouts_complete(env: Env) -> None:
     faults = ApiFaults(env.sb.api, seed=7)
     mine = Match(namespace=env.ns)  # the daemon's requests in this test's namespace only
     with faults:
+        # The first watches expire for sure (each a fresh list); a probability here left some runs, where
+        # other faults took the few watch requests first, without a single expiry.
+        faults.add(ApiFault("expire-watch", mine, limit=3))
         faults.add(ApiFault("conflict", Match.writes(namespace=env.ns, resource=PLURAL), probability=0.25))
         faults.add(ApiFault("throttle", mine, probability=0.1, retry_after_s=1))
         faults.add(ApiFault("error", mine, probability=0.08, status=503))
         faults.add(ApiFault("error", mine, probability=0.05, status=500))
         faults.add(ApiFault("slow", mine, probability=0.1, delay_s=0.5))
-        faults.add(ApiFault("expire-watch", mine, probability=0.3))
         faults.add(ApiFault("drop-watch", mine, delay_s=1.0))
         deploy_pair(env)
         rec = env.record(GOOD)

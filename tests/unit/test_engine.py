@@ -753,3 +753,41 @@ def test_resume_continues_analysing_at_once() -> None:
     d = Case(state=resumed, live=live(percent=10), now=at(100), phase=Phase.PROGRESSING).decide()
     assert d.state.status.next_check_at is not None
     assert (d.state.status.next_check_at - at(100)).total_seconds() <= POLICY.analysis.every_s
+
+
+# -- regression: a bad model promoted when pushed before KServe reported the first revision ------------------
+# Found under API faults (tests/e2e/test_faults.py): the service was created, then the bad commit pushed
+# while KServe had not written status.components yet. The rollout started with no baseline, so the revision
+# serving v1 (created moments later) was taken for the canary, passed its analyses, and Promote sent 100 %
+# to the bad revision that nobody had analysed.
+
+def test_regression_bad_model_promoted_when_pushed_before_kserve_reported_the_first_revision() -> None:
+    created = state(Phase.SUCCEEDED, desired("v1"), stable_revision=None, weight=100, step=-1)
+    no_status = live("v1", created=None, ready=None, rolledout=None)
+    d = decide(created, Observation(desired=V2, live=no_status), POLICY, T0)
+    assert effects(d) == []  # nothing applied without a baseline
+    assert d.state.status.phase == Phase.SUCCEEDED and d.state.spec.spec_hash == created.spec.spec_hash
+    assert "no baseline" in d.state.status.message
+    assert d.state.status.next_check_at == soon(T0)
+    # KServe reports revision 1: the canary starts, with revision 1 as the baseline to wait past.
+    reported = live("v1", created=1, ready=1, rolledout=1)
+    d = decide(roundtrip(d.state), Observation(desired=V2, live=reported), POLICY, at(2))
+    assert effects(d) == [ApplySpec(V2.manifest, desired("v1").manifest, COMP, 0)]
+    assert d.state.status.phase == Phase.INITIALIZING
+    assert d.state.status.baseline_created_revision == rev(1)
+    # Until KServe creates revision 2, revision 1 is never the candidate.
+    d = decide(d.state, Observation(desired=V2, live=live("v2", created=1, ready=1, rolledout=1, percent=0)),
+               POLICY, at(4))
+    assert d.state.status.phase == Phase.INITIALIZING and d.state.status.canary_revision is None
+
+
+def test_regression_the_revision_serving_now_is_never_its_own_canary() -> None:
+    # Someone applied v2 at 0 % before Git got it ("already"): no baseline by design, but the candidate must
+    # still not be the stable revision while KServe has not created the new one.
+    s = initializing(baseline_created_revision=None, stable_revision=rev(1))
+    d = decide(s, Observation(desired=V2, live=live("v2", created=1, ready=1, rolledout=1, percent=0)),
+               POLICY, at(4))
+    assert d.state.status.phase == Phase.INITIALIZING and d.state.status.canary_revision is None
+    d = decide(s, Observation(desired=V2, live=live("v2", created=2, ready=2, rolledout=1, percent=0)),
+               POLICY, at(6))
+    assert d.state.status.phase == Phase.PROGRESSING and d.state.status.canary_revision == rev(2)
