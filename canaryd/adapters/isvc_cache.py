@@ -176,7 +176,8 @@ class InferenceServiceCache:
         namespaces: Sequence[str] | None = None,
         *,
         api_versions: Sequence[str] = ISVC_API_VERSIONS,
-        watch_timeout_s: float = 300.0,
+        watch_timeout_s: float = 30.0,
+        stall_margin_s: float = 5.0,
         page_size: int = 500,
         retry_s: float = 1.0,
         max_retry_s: float = 30.0,
@@ -189,6 +190,7 @@ class InferenceServiceCache:
         _ensure_pool(api_client, len(self._scopes) + 4)
         self._api = client.CustomObjectsApi(api_client)
         self._watch_timeout_s = watch_timeout_s
+        self._stall_margin_s = stall_margin_s
         self._page_size = page_size
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
@@ -452,12 +454,19 @@ class InferenceServiceCache:
 
     def _watch(self, index: int, scope: _Scope, rv: str) -> None:
         """Watch from `rv` until stopped; each server-side timeout resumes from the last version seen.
-        Returns only when stopping; raises _Expired (list again) or the error that broke the watch."""
+        Returns only when stopping; raises _Expired (list again) or the error that broke the watch.
+
+        A watch can go silent with its connection open (a half-open TCP connection, a proxy that lost its
+        upstream): nothing tells the cache, which would keep answering from the last event it saw. So the
+        server is asked to end each watch after `watch_timeout_s` (about 30 s) and the socket's read
+        timeout is that plus `stall_margin_s`: a healthy, idle watch ends first and is resumed cheaply; a
+        stalled one times out, counts as broken, and reads go to the server until the scope lists again.
+        client-go gets the same bound from HTTP/2 pings, which urllib3's HTTP/1.1 does not have."""
         while not self._stop.is_set():
             timeout = int(self._watch_timeout_s * random.uniform(1.0, 1.2))
             resp = self._call_watch(
                 scope, resource_version=rv, allow_watch_bookmarks=True, timeout_seconds=timeout,
-                _preload_content=False, _request_timeout=(self._request_timeout[0], timeout + 30.0),
+                _preload_content=False, _request_timeout=(self._request_timeout[0], timeout + self._stall_margin_s),
             )
             with self._lock:
                 self._responses[index] = resp

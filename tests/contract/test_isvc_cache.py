@@ -293,3 +293,24 @@ def test_stop_returns_promptly_with_open_watches(world: World) -> None:
 ])
 def test_resource_versions_compare_as_integers_when_they_are(new: str | None, old: str, ok: bool) -> None:
     assert rv_newer_or_same(new, old) is ok
+
+
+def test_a_watch_that_goes_silent_with_its_connection_open_is_not_trusted(world: World) -> None:
+    """The fault behind `bench/faults.py --classes api-watch-stall`: before, a stalled watch was trusted
+    until its 300 s timeout plus 30 s, and the cache answered with objects minutes old."""
+    world.raw.create_namespaced_custom_object(G, V, NS_A, P, isvc("iris", NS_A))
+    cache = world.cache([NS_A], watch_timeout_s=1.0, stall_margin_s=1.0)
+    assert cache.wait_synced(20)
+    world.gate.blind = True
+    world.gate.open.clear()  # the next watch is answered, then nothing more arrives
+    wait_for("a blind watch", lambda: world.gate.holding())
+    world.raw.patch_namespaced_custom_object(G, V, NS_A, P, "iris",
+                                             {"spec": {"predictor": {"model": {"storageUri": "gs://m/v2"}}}})
+    errors = cache.stats.errors
+    wait_for("the stalled watch given up (read timeout)", lambda: cache.stats.errors > errors, deadline_s=15)
+    # From then on the cache never answers the old object: a GET (None) until it has listed again.
+    got = cache.lookup(V1BETA1, NS_A, "iris")
+    assert got is None or uri_of(got) == "gs://m/v2"
+    wait_for("a fresh list carrying the change", lambda: cache.stats.lists >= 2)
+    got = cache.lookup(V1BETA1, NS_A, "iris")
+    assert got is None or uri_of(got) == "gs://m/v2"

@@ -73,6 +73,9 @@ def assert_outcomes(env: Env, commit: str, proxy: FaultProxy | None = None, time
     assert good.status.phase == Phase.SUCCEEDED, explain(env, good)
     assert bad.status.phase == Phase.FAILED, explain(env, bad)
     assert promoted_on_missing_data(good, proxy) is None
+    # The canary started against the revision serving v1, even when the push came before KServe had
+    # reported it (the race behind a bad model promoted under API faults).
+    assert bad.status.stable_revision == f"{BAD}-predictor-00001", explain(env, bad)
     live_bad = env.isvc(BAD) or {}
     assert live_bad["spec"]["predictor"]["canaryTrafficPercent"] == 0
     return good
