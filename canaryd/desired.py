@@ -96,6 +96,12 @@ class DesiredSet:
         return [e for e in self.errors if e.severity == "warning"]
 
     @property
+    def refused(self) -> DocError | None:
+        """The repo-wide limit the tree broke (field `(repo)`), if any: then `services` is empty because
+        nothing was read, not because Git holds no services, and the daemon keeps its last good state."""
+        return next((e for e in self.problems if e.field == "(repo)"), None)
+
+    @property
     def prune_safe(self) -> bool:
         """True when every error names its service, so a service absent from `services` and `blocked`
         really left Git (a file lost to a YAML error may have held services nobody can name)."""

@@ -200,6 +200,17 @@ class Daemon:
                           extra={"error": str(exc)})
                 return
             ds = self._load(result.commit, result.root)
+            if ds.refused is not None:
+                # Over a repo-wide limit found while parsing (the node budget): like a failed sync. Taking
+                # the empty set would read as "every service left Git" and abort every canary in flight.
+                self.metrics.syncs.labels("error").inc()
+                self.metrics.config_errors.set(len(ds.problems))
+                marker = f"{result.commit}:refused"
+                if marker not in self._reported:
+                    self._reported.add(marker)
+                    log.error("config repo commit refused; keeping the last good desired state",
+                              extra={"commit": result.commit, "problem": str(ds.refused)})
+                return
             self.metrics.syncs.labels("ok").inc()
             self.metrics.last_sync.set(time.time())
             self.metrics.config_errors.set(len(ds.problems))
