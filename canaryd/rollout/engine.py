@@ -627,7 +627,7 @@ class _Tick:
             self.move(Phase.PROGRESSING, "CanaryReady",
                       f"{self.comp} revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
                       step=0, weight=first, canary_revision=candidate, ready_at=self.now,
-                      step_started_at=self.now, evidence=None, counters={})
+                      step_started_at=self.now, step_applied=False, evidence=None, counters={})
             self.schedule(self.later(p.analysis.warmup_s + p.analysis.every_s))
             return self.done()
         self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
@@ -671,12 +671,16 @@ class _Tick:
                 self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
                 self.event("DriftCorrected", f"{drift}; set back to {st.weight}%", warning=True)
         request = analysis_request(self.state, p, self.now)
-        if self.pct(live) != st.weight:
-            # The step's traffic was not in force, for as long as we cannot tell (after a crash between saving
-            # the step and applying it: the whole downtime). Its clock starts now that it is applied: an
-            # analysis due now is still judged (a fail is the canary's), but its pass cannot end a step that
-            # was never served (found by the crash campaign: 10 % -> 60 % with 30 % applied for milliseconds).
+        if self.pct(live) != st.weight and not st.step_applied:
+            # The step's traffic was never seen in force, for as long as we cannot tell (after a crash between
+            # saving the step and applying it: the whole downtime). Its clock starts now that it is applied:
+            # an analysis due now is still judged (a fail is the canary's), but its pass cannot end a step
+            # that was never served (found by the crash campaign: 10 % -> 60 % with 30 % applied for
+            # milliseconds). Once seen applied, a changed percent is someone else's drift: corrected above,
+            # but the clock goes on, or a tool that keeps resetting it would stall the step forever.
             self.state = self.state.evolve(step_started_at=self.now)
+        elif self.pct(live) == st.weight and not st.step_applied:
+            self.state = self.state.evolve(step_applied=True)
         if request is None:
             if st.next_check_at is None or st.next_check_at <= self.now:
                 start = _window_start(self.state, p)
@@ -762,7 +766,7 @@ class _Tick:
             self.state = self.state.evolve(evidence=next_step_evidence(p.analysis, self.state.status.evidence))
             self.move(Phase.PROGRESSING, "StepAdvanced",
                       f"{self.comp} step {nxt + 1}/{len(p.steps)}: {weight}% of traffic; {verdict.summary}",
-                      step=nxt, weight=weight, step_started_at=self.now)
+                      step=nxt, weight=weight, step_started_at=self.now, step_applied=False)
             return self.done()
         if p.gates.confirm_promotion or p.hooks("confirm-promotion"):
             self.move(Phase.WAITING_PROMOTION, "WaitingPromotion",

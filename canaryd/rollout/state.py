@@ -162,6 +162,11 @@ class RolloutStatus(_Frozen):
     ready_at: datetime | None = Field(default=None, alias="readyAt")
     step_started_at: datetime | None = Field(default=None, alias="stepStartedAt")
     hold_since: datetime | None = Field(default=None, alias="holdSince")
+    #: False from the tick that saves a new step until a tick sees its percent live. Only then is the
+    #: step's clock restarted for a percent that is not in force (a crash between saving and patching);
+    #: later changes by others are drift, corrected without moving the clock (it would never end). False by
+    #: default: a state saved before this field existed gets at most one restarted clock, never a skipped step.
+    step_applied: bool = Field(default=False, alias="stepApplied")
     next_check_at: datetime | None = Field(default=None, alias="nextCheckAt")
     pre_rollout_passed: bool = Field(default=False, alias="preRolloutPassed")
     paused_from: Phase | None = Field(default=None, alias="pausedFrom")

@@ -232,3 +232,29 @@ def test_crash_between_saving_a_step_and_applying_it_does_not_skip_the_step() ->
     assert effects(d) == [] and d.state.status.weight == 30
     d = tick(d.state, 560)
     assert effects(d) == [SetTraffic(COMP, 60)] and d.state.status.weight == 60
+
+
+def test_regression_a_tool_resetting_the_percent_stalled_the_step_forever() -> None:
+    """The fix above first restarted the step's clock on *any* live percent that differed from the step's,
+    so a tool that kept resetting it (another controller, a cron job) held the step forever, with maxHold
+    not applying (the phase stays Progressing). Now only a step never seen applied restarts its clock; once
+    seen, a changed percent is drift: corrected and counted, and the step still ends on time."""
+    from canaryd.rollout.engine import decide
+    from canaryd.rollout.model import Observation, SetTraffic
+    from tests.unit.engine_fixtures import COMP, GOOD, V2, at, effects, live, policy, progressing
+
+    pol = policy(steps=STEPS)  # interval 1m, analyses every 10s
+    s = progressing(step=0, started=100, pol=pol)
+    d = decide(s, Observation(desired=V2, live=live(percent=10), samples=GOOD), pol, at(105))
+    assert d.state.status.step_applied  # seen live
+    s = d.state
+    advanced_at = None
+    for now in range(110, 300, 10):
+        d = decide(s, Observation(desired=V2, live=live(percent=5), samples=GOOD), pol, at(now))
+        assert SetTraffic(COMP, s.status.weight) in effects(d)  # the drift is corrected every time
+        s = d.state
+        if s.status.step == 1:
+            advanced_at = now
+            break
+    assert advanced_at is not None and 160 <= advanced_at <= 170, advanced_at
+    assert s.status.drift_count >= 5
