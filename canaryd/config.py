@@ -37,16 +37,22 @@ class RepoSettings(_Section):
     known_hosts_file: Path | None = Field(default=None, alias="knownHostsFile",
                                           description="SSH known_hosts file (host keys are always checked)")
     fetch_retries: int = Field(default=3, ge=0, le=10, alias="fetchRetries")
+    timeout: str = Field(default="60s", description="longest one git clone/fetch may take before it is killed")
 
-    @field_validator("poll_interval")
+    @field_validator("poll_interval", "timeout")
     @classmethod
     def _d(cls, v: str) -> str:
-        parse_duration(v)
+        if parse_duration(v) <= 0:
+            raise ValueError("must be a positive duration")
         return v
 
     @property
     def poll_interval_s(self) -> float:
         return parse_duration(self.poll_interval)
+
+    @property
+    def timeout_s(self) -> float:
+        return parse_duration(self.timeout)
 
 
 class KubernetesSettings(_Section):

@@ -110,7 +110,8 @@ class Daemon:
         r = settings.repo
         self.git = GitSource(r.url, branch=r.branch, workdir=r.workdir, paths=r.paths, depth=r.depth,
                              username=r.username, token_file=r.token_file, ssh_key_file=r.ssh_key_file,
-                             known_hosts_file=r.known_hosts_file, fetch_retries=r.fetch_retries)
+                             known_hosts_file=r.known_hosts_file, fetch_retries=r.fetch_retries,
+                             timeout=r.timeout_s)
         self.sched = TickScheduler(self._tick, workers=settings.workers)
         self.desired: dict[ServiceKey, DesiredService] = {}
         self.commit: str | None = None

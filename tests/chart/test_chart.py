@@ -164,6 +164,7 @@ def test_config_file_is_accepted_by_the_daemon(tmp_path: Path, monkeypatch: pyte
         assert settings.server.port == 8080
         assert settings.kubernetes.kubeconfig is None  # in-cluster
         assert settings.kubernetes.namespaces == values.get("watchNamespaces", [])
+        assert settings.repo.timeout_s == 60.0  # the chart's repo.timeout reaches the daemon
 
 
 def test_config_paths_point_at_mounted_files() -> None:

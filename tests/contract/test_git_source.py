@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import traceback
 from pathlib import Path
 
@@ -278,3 +279,30 @@ def test_git_url(tmp_path: Path) -> None:
     assert git_url(str(tmp_path)) == "file://" + tmp_path.as_posix()
     for url in ("https://h/r.git", "git@github.com:org/r.git", "ssh://git@h/r", "file:///x"):
         assert git_url(url) == url
+
+
+def test_a_remote_that_accepts_and_never_answers_is_given_up_after_the_timeout(tmp_path: Path) -> None:
+    """`repo.timeout`: git is killed, the failure is transient (retried) and hides the credentials; before it
+    was configurable, such a remote held every sync for 120 s per attempt."""
+    held: list[socket.socket] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        listener.settimeout(30)
+        url = f"http://bot:t0ken-Silent-42@127.0.0.1:{listener.getsockname()[1]}/org/config.git"
+        src = GitSource(url, workdir=tmp_path / "co", timeout=2)
+
+        def accept() -> None:
+            conn, _ = listener.accept()
+            held.append(conn)  # never answered
+
+        t = threading.Thread(target=accept, daemon=True)
+        t.start()
+        with pytest.raises(GitSyncError) as info:
+            src.sync()
+        t.join(5)
+    for conn in held:
+        conn.close()
+    assert held, "git never connected"
+    assert "did not complete in 2 secs" in str(info.value) and info.value.transient
+    _assert_no_secret(info.value, "t0ken-Silent-42")

@@ -184,7 +184,7 @@ The daemon's settings file (canaryd run --config FILE). Paths only, never secret
 {{- define "canaryd.config" -}}
 {{- $v := .Values -}}
 {{- $sec := include "canaryd.secretsDir" . -}}
-{{- $repo := dict "url" $v.repo.url "branch" $v.repo.branch "paths" $v.repo.paths "pollInterval" $v.repo.pollInterval "depth" $v.repo.depth "fetchRetries" $v.repo.fetchRetries "workdir" (printf "%s/repo" (include "canaryd.workDir" .)) -}}
+{{- $repo := dict "url" $v.repo.url "branch" $v.repo.branch "paths" $v.repo.paths "pollInterval" $v.repo.pollInterval "depth" $v.repo.depth "fetchRetries" $v.repo.fetchRetries "timeout" $v.repo.timeout "workdir" (printf "%s/repo" (include "canaryd.workDir" .)) -}}
 {{- if $v.repo.token.secretName }}
 {{- $_ := set $repo "tokenFile" (printf "%s/git/token" $sec) }}
 {{- with $v.repo.token.username }}{{ $_ := set $repo "username" . }}{{ end }}
