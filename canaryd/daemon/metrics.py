@@ -45,6 +45,14 @@ class Metrics:
         for p in Phase:
             self.rollouts.labels(str(p)).set(0)
 
+    def forget_rollouts(self) -> None:
+        """A replica that is no longer the leader stops deciding: its per-phase counts and wanted weights
+        would go stale and, summed over replicas, count each rollout twice. Counters stay (they only grow)."""
+        self._phases.clear()
+        for p in Phase:
+            self.rollouts.labels(str(p)).set(0)
+        self.weight.clear()
+
     def observe_state(self, old: RolloutState, new: RolloutState) -> None:
         t = new.spec.target
         self._phases[t.key] = new.status.phase

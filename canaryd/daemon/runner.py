@@ -175,6 +175,7 @@ class Daemon:
         """Called by the elector: no new tick or sync; running ones are fenced by the write guard."""
         with self._lifecycle:
             self.sched.pause()
+            self.metrics.forget_rollouts()
         log.warning("not reconciling: standby", extra={"reason": why})
 
     # -- git -------------------------------------------------------------------------------------
