@@ -666,7 +666,9 @@ class _Tick:
             # write): re-assert it. Absolute, so repeating it is harmless.
             self.actions.append(SetTraffic(self.comp, st.weight))
             self.log["reasserted_weight"] = st.weight
-            if self.pct(live) is not None and st.weight not in (0,) and live.reconciled:
+            if self.pct(live) is not None and st.weight not in (0,) and live.reconciled and st.step_applied:
+                # Only a percent seen in force and then changed is someone's drift; a step never seen
+                # applied is our own unfinished write (a crash between saving and patching).
                 drift = f"{self.comp} canaryTrafficPercent is {self.pct(live)}, canaryd set {st.weight}"
                 self.state = self.state.evolve(drift_count=st.drift_count + 1, last_drift=drift)
                 self.event("DriftCorrected", f"{drift}; set back to {st.weight}%", warning=True)

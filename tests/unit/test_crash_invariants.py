@@ -209,7 +209,18 @@ def test_crash_between_saving_a_step_and_applying_it_does_not_skip_the_step() ->
     before those patches left 30 % never written at all. A re-asserted step now starts its clock over."""
     from canaryd.rollout.engine import decide
     from canaryd.rollout.model import Observation, SetTraffic
-    from tests.unit.engine_fixtures import COMP, GOOD, V2, at, effects, kserve_reacts, live, policy, progressing
+    from tests.unit.engine_fixtures import (
+        COMP,
+        GOOD,
+        V2,
+        at,
+        effects,
+        events,
+        kserve_reacts,
+        live,
+        policy,
+        progressing,
+    )
 
     pol = policy(steps=STEPS)  # interval 1m, analyses every 10s
     saved = progressing(step=1, started=100, pol=pol)  # StepAdvanced to 30 % at t=100, saved
@@ -220,8 +231,9 @@ def test_crash_between_saving_a_step_and_applying_it_does_not_skip_the_step() ->
         return decide(s, Observation(desired=V2, live=svc, samples=GOOD), pol, at(now))
 
     # Restarted long after the step's interval: the step is re-asserted, not passed.
-    d = tick(saved, 400)
+    d = tick(saved.evolve(step_applied=False), 400)
     assert effects(d) == [SetTraffic(COMP, 30)]
+    assert ("DriftCorrected", "Warning") not in events(d)  # our own unfinished write, not someone's drift
     assert (d.state.status.step, d.state.status.weight, d.state.status.step_started_at) == (1, 30, at(400))
     # Killed again before that patch: still no advance, the clock starts over again.
     d = tick(d.state, 500)
@@ -241,7 +253,7 @@ def test_regression_a_tool_resetting_the_percent_stalled_the_step_forever() -> N
     seen, a changed percent is drift: corrected and counted, and the step still ends on time."""
     from canaryd.rollout.engine import decide
     from canaryd.rollout.model import Observation, SetTraffic
-    from tests.unit.engine_fixtures import COMP, GOOD, V2, at, effects, live, policy, progressing
+    from tests.unit.engine_fixtures import COMP, GOOD, V2, at, effects, events, live, policy, progressing
 
     pol = policy(steps=STEPS)  # interval 1m, analyses every 10s
     s = progressing(step=0, started=100, pol=pol)
@@ -257,4 +269,4 @@ def test_regression_a_tool_resetting_the_percent_stalled_the_step_forever() -> N
             advanced_at = now
             break
     assert advanced_at is not None and 160 <= advanced_at <= 170, advanced_at
-    assert s.status.drift_count >= 5
+    assert s.status.drift_count >= 5 and ("DriftCorrected", "Warning") in events(d)
