@@ -205,31 +205,46 @@ def _quantile(q: float) -> str:
     return repr(float(q))
 
 
+def count_in_window(series: str, window: str, by: str = "") -> str:
+    """How much the counters `series` (a selector) grew in the window, new series counted from zero.
+
+    `increase()` alone only counts growth between a series' samples inside the range: a series born inside
+    the window (a new revision's first 5xx, a new pod) loses everything up to its first sample, so the
+    first errors of a canary would be missed, and a 5xx series with a single sample would count as no
+    errors at all. Series that existed at the window's start (`offset`) are counted with `increase()`;
+    the others, which started from zero inside the window, with their current value. When neither part
+    has a series the result is empty (no data), never 0. `by` groups both parts (`by (le)` for buckets);
+    `or` keeps a group present on one side only.
+    """
+    grouping = f" {by} " if by else ""
+    existing = f"sum{grouping}(increase({series}[{window}]) and {series} offset {window})"
+    born = f"sum{grouping}({series} unless {series} offset {window})"
+    return f"(({existing} + {born}) or {existing} or {born})"
+
+
 def requests_in_window(profile: Profile, namespace: str, revision: str, window: str) -> str:
     sel = profile.selector(namespace, revision)
-    return f"sum(increase({profile.requests_metric}{sel}[{window}]))"
+    return count_in_window(f"{profile.requests_metric}{sel}", window)
 
 
 def errors_in_window(profile: Profile, namespace: str, revision: str, window: str) -> str:
     sel = profile.selector(namespace, revision, errors_only=True)
-    return f"sum(increase({profile.requests_metric}{sel}[{window}]))"
+    return count_in_window(f"{profile.requests_metric}{sel}", window)
 
 
 def error_ratio(profile: Profile, namespace: str, revision: str, window: str) -> str:
-    """5xx / all requests. With no 5xx series at all the numerator is empty, which means 0 errors:
-    `or vector(0)` makes it so, while an empty denominator (no requests) still gives an empty result."""
-    errors = profile.selector(namespace, revision, errors_only=True)
-    every = profile.selector(namespace, revision)
-    m = profile.requests_metric
-    return f"(sum(rate({m}{errors}[{window}])) or vector(0)) / sum(rate({m}{every}[{window}]))"
+    """5xx / all requests in the window (see `count_in_window`). No 5xx series at all means 0 errors
+    (`or vector(0)`), while no requests at all still gives an empty result (no data)."""
+    errors = errors_in_window(profile, namespace, revision, window)
+    every = requests_in_window(profile, namespace, revision, window)
+    return f"({errors} or vector(0)) / {every}"
 
 
 def latency_quantile(profile: Profile, namespace: str, revision: str, quantile: float, window: str) -> str:
     """The quantile in milliseconds, whatever unit the profile's histogram uses."""
     sel = profile.selector(namespace, revision)
-    query = (
-        f"histogram_quantile({_quantile(quantile)}, sum by (le) (rate({profile.latency_bucket_metric}{sel}[{window}])))"
-    )
+    buckets = count_in_window(f"{profile.latency_bucket_metric}{sel}", window, by="by (le)")
+    query = f"histogram_quantile({_quantile(quantile)}, {buckets})"
     if profile.latency_unit_ms != 1.0:
         query = f"{query} * {profile.latency_unit_ms!r}"
     return query

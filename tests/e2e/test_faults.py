@@ -73,9 +73,11 @@ def assert_outcomes(env: Env, commit: str, proxy: FaultProxy | None = None, time
     assert good.status.phase == Phase.SUCCEEDED, explain(env, good)
     assert bad.status.phase == Phase.FAILED, explain(env, bad)
     assert promoted_on_missing_data(good, proxy) is None
-    # The canary started against the revision serving v1, even when the push came before KServe had
-    # reported it (the race behind a bad model promoted under API faults).
-    assert bad.status.stable_revision == f"{BAD}-predictor-00001", explain(env, bad)
+    # The canary started past v1's revision, even when the push came before KServe had reported it (the
+    # race behind a bad model promoted under API faults): v1's revision was never judged as the canary.
+    # (v1's revision may not be Ready yet then, so the stable revision can still be unknown.)
+    assert bad.status.baseline_created_revision == f"{BAD}-predictor-00001", explain(env, bad)
+    assert bad.status.canary_revision != f"{BAD}-predictor-00001", explain(env, bad)
     live_bad = env.isvc(BAD) or {}
     assert live_bad["spec"]["predictor"]["canaryTrafficPercent"] == 0
     return good
@@ -88,15 +90,15 @@ def test_api_faults_rollouts_complete(env: Env) -> None:
     faults = ApiFaults(env.sb.api, seed=7)
     mine = Match(namespace=env.ns)  # the daemon's requests in this test's namespace only
     with faults:
-        # The first watches expire for sure (each a fresh list); a probability here left some runs, where
-        # other faults took the few watch requests first, without a single expiry.
-        faults.add(ApiFault("expire-watch", mine, limit=3))
+        # Watches first, without chance: the first two expire (each a fresh list), every later one is cut
+        # after 1 s. With probabilities, and behind the other faults, some loaded runs saw no expiry.
+        faults.add(ApiFault("expire-watch", mine, limit=2))
+        faults.add(ApiFault("drop-watch", mine, delay_s=1.0))
         faults.add(ApiFault("conflict", Match.writes(namespace=env.ns, resource=PLURAL), probability=0.25))
         faults.add(ApiFault("throttle", mine, probability=0.1, retry_after_s=1))
         faults.add(ApiFault("error", mine, probability=0.08, status=503))
         faults.add(ApiFault("error", mine, probability=0.05, status=500))
         faults.add(ApiFault("slow", mine, probability=0.1, delay_s=0.5))
-        faults.add(ApiFault("drop-watch", mine, delay_s=1.0))
         deploy_pair(env)
         rec = env.record(GOOD)
         env.load([GOOD, BAD], rate=25)
@@ -106,10 +108,10 @@ def test_api_faults_rollouts_complete(env: Env) -> None:
     assert rec.values == [None, 0, 10, 50, None]  # every step once, whatever was retried
     fired = {f.kind for f in faults.fired()}
     assert {"conflict", "throttle", "error", "slow"} <= fired, fired
-    watched = any(c.verb == "watch" and ") daemon" in c.user_agent and c.namespace == env.ns
-                  for c in list(env.sb.api.calls))
-    if watched:  # a daemon that watches must have survived cut and expired watches
-        assert {"drop-watch", "expire-watch"} <= fired, fired
+    watches = sum(1 for c in list(env.sb.api.calls)
+                  if c.verb == "watch" and ") daemon" in c.user_agent and c.namespace == env.ns)
+    if watches >= 3:  # a daemon that watches must have survived cut and expired watches
+        assert {"drop-watch", "expire-watch"} <= fired, (fired, watches)
     assert env.daemon is not None and env.daemon.alive()
 
 

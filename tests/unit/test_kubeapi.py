@@ -838,15 +838,24 @@ def test_a_closing_bookmark_never_skips_events_still_queued_for_the_watch(monkey
                     "allowWatchBookmarks": "true", "timeoutSeconds": "20"}) as r:
                 lines.extend(json.loads(line) for line in r.iter_lines() if line)
 
+        rvs: list[int] = []
+
+        async def commit_three(info: RequestInfo) -> Response | None:
+            """Three commits from inside the server's event loop, so their deliveries all queue up before the
+            watch can take the first (from another thread, the loop could take each one as it came: a flake)."""
+            if info.name != "trigger":
+                return None
+            rvs.extend(int(emu.store.create("/configmaps", {"metadata": {"name": f"c{i}", "namespace": "default"}})[
+                "metadata"]["resourceVersion"]) for i in range(3))
+            return JSONResponse({})
+
+        emu.hooks.append(commit_three)
         t = threading.Thread(target=read)
         t.start()
         deadline = time.monotonic() + 5
         while not any(c.verb == "watch" for c in emu.calls) and time.monotonic() < deadline:
             time.sleep(0.01)
-        key = "/configmaps"
-        with emu.store.lock:  # three commits before the watch's event loop can take the first one
-            rvs = [int(emu.store.create(key, {"metadata": {"name": f"c{i}", "namespace": "default"}})[
-                "metadata"]["resourceVersion"]) for i in range(3)]
+        httpx.get(f"{emu.url}/api/v1/namespaces/default/configmaps/trigger", timeout=10)
         t.join(10)
         sent = [int(e["object"]["metadata"]["resourceVersion"]) for e in lines if e["type"] != "BOOKMARK"]
         bookmark = [int(e["object"]["metadata"]["resourceVersion"]) for e in lines if e["type"] == "BOOKMARK"]

@@ -14,6 +14,7 @@ from canaryd.analysis.queries import (
     Matcher,
     Profile,
     RenderContext,
+    count_in_window,
     custom,
     error_ratio,
     errors_in_window,
@@ -45,20 +46,26 @@ def unquote(inner: str) -> str:
 # --- golden strings ---
 
 
+def test_count_in_window_golden() -> None:
+    m = 'm{a="1"}'
+    assert count_in_window(m, "30s") == (
+        f"((sum(increase({m}[30s]) and {m} offset 30s) + sum({m} unless {m} offset 30s))"
+        f" or sum(increase({m}[30s]) and {m} offset 30s) or sum({m} unless {m} offset 30s))"
+    )
+    assert count_in_window(m, "5s", by="by (le)").startswith(f"((sum by (le) (increase({m}[5s]) and {m} offset 5s)")
+
+
 def test_knative_golden_queries() -> None:
     sel = 'namespace_name="models",revision_name="iris-predictor-00002"'
-    assert requests_in_window(KN, "models", "iris-predictor-00002", "30s") == (
-        f"sum(increase(revision_request_count{{{sel}}}[30s]))"
-    )
-    assert errors_in_window(KN, "models", "iris-predictor-00002", "30s") == (
-        f'sum(increase(revision_request_count{{{sel},response_code_class="5xx"}}[30s]))'
-    )
+    every = f"revision_request_count{{{sel}}}"
+    errors = f'revision_request_count{{{sel},response_code_class="5xx"}}'
+    assert requests_in_window(KN, "models", "iris-predictor-00002", "30s") == count_in_window(every, "30s")
+    assert errors_in_window(KN, "models", "iris-predictor-00002", "30s") == count_in_window(errors, "30s")
     assert error_ratio(KN, "models", "iris-predictor-00002", "30s") == (
-        f'(sum(rate(revision_request_count{{{sel},response_code_class="5xx"}}[30s])) or vector(0))'
-        f" / sum(rate(revision_request_count{{{sel}}}[30s]))"
+        f"({count_in_window(errors, '30s')} or vector(0)) / {count_in_window(every, '30s')}"
     )
     assert latency_quantile(KN, "models", "iris-predictor-00002", 0.99, "30s") == (
-        f"histogram_quantile(0.99, sum by (le) (rate(revision_request_latencies_bucket{{{sel}}}[30s])))"
+        f"histogram_quantile(0.99, {count_in_window(f'revision_request_latencies_bucket{{{sel}}}', '30s', 'by (le)')})"
     )
 
 
@@ -67,16 +74,15 @@ def test_istio_golden_queries_match_the_revision_deployment_like_flagger() -> No
         'reporter="destination",destination_workload_namespace="models",'
         'destination_workload=~"iris-predictor-00002-deployment"'
     )
-    assert requests_in_window(ISTIO, "models", "iris-predictor-00002", "1m") == (
-        f"sum(increase(istio_requests_total{{{sel}}}[1m]))"
-    )
+    every = f"istio_requests_total{{{sel}}}"
+    errors = f'istio_requests_total{{{sel},response_code=~"5.."}}'
+    assert requests_in_window(ISTIO, "models", "iris-predictor-00002", "1m") == count_in_window(every, "1m")
     assert error_ratio(ISTIO, "models", "iris-predictor-00002", "45s") == (
-        f'(sum(rate(istio_requests_total{{{sel},response_code=~"5.."}}[45s])) or vector(0))'
-        f" / sum(rate(istio_requests_total{{{sel}}}[45s]))"
+        f"({count_in_window(errors, '45s')} or vector(0)) / {count_in_window(every, '45s')}"
     )
-    bucket = "istio_request_duration_milliseconds_bucket"
+    bucket = f"istio_request_duration_milliseconds_bucket{{{sel}}}"
     assert latency_quantile(ISTIO, "models", "iris-predictor-00002", 0.95, "45s") == (
-        f"histogram_quantile(0.95, sum by (le) (rate({bucket}{{{sel}}}[45s])))"
+        f"histogram_quantile(0.95, {count_in_window(bucket, '45s', 'by (le)')})"
     )
 
 
@@ -96,9 +102,8 @@ def test_latency_in_seconds_profile_is_converted_to_ms() -> None:
         error_matcher=Matcher("code", "=~", "5.."),
         latency_unit_ms=1000.0,
     )
-    assert latency_quantile(prof, "n", "r", 0.5, "8s") == (
-        'histogram_quantile(0.5, sum by (le) (rate(dur_seconds_bucket{ns="n",rev="r"}[8s]))) * 1000.0'
-    )
+    buckets = count_in_window('dur_seconds_bucket{ns="n",rev="r"}', "8s", "by (le)")
+    assert latency_quantile(prof, "n", "r", 0.5, "8s") == f"histogram_quantile(0.5, {buckets}) * 1000.0"
 
 
 def test_quantile_is_rendered_exactly() -> None:
@@ -134,43 +139,48 @@ def test_quote_meta_escapes_exactly_the_re2_metacharacters() -> None:
     )
 
 
+def _one_selector(pattern: str, query: str) -> re.Match[str]:
+    """The query's first selector, matched whole by `pattern`. Each test then requires the query to be
+    exactly the `count_in_window` template around it, so a hostile value cannot have changed its shape."""
+    m = re.match(rf".*?({pattern})", query)
+    assert m is not None, query
+    sel = re.fullmatch(pattern, m.group(1))
+    assert sel is not None
+    return sel
+
+
 def test_hostile_revision_cannot_change_the_query_structure() -> None:
     q = requests_in_window(KN, "models", HOSTILE, "30s")
-    m = re.fullmatch(
-        rf"sum\(increase\(revision_request_count\{{namespace_name={_STRING},revision_name={_STRING}\}}\[30s\]\)\)",
-        q,
-    )
-    assert m is not None, q
-    assert unquote(m.group(1)) == "models"
-    assert unquote(m.group(2)) == HOSTILE
-    assert q.count("vector(1)") == 1  # only inside the string literal
+    sel = _one_selector(rf"revision_request_count\{{namespace_name={_STRING},revision_name={_STRING}\}}", q)
+    assert q == count_in_window(sel.group(0), "30s")
+    assert unquote(sel.group(1)) == "models"
+    assert unquote(sel.group(2)) == HOSTILE
+    assert q.count("vector(1)") == q.count("revision_request_count{") == 8  # only inside the selectors' strings
 
 
 def test_hostile_namespace_in_istio_profile() -> None:
     q = errors_in_window(ISTIO, HOSTILE, HOSTILE, "30s")
-    m = re.fullmatch(
-        r"sum\(increase\(istio_requests_total\{"
+    sel = _one_selector(
+        r"istio_requests_total\{"
         rf'reporter="destination",destination_workload_namespace={_STRING},'
         rf'destination_workload=~{_STRING},response_code=~"5\.\."'
-        r"\}\[30s\]\)\)",
+        r"\}",
         q,
     )
-    assert m is not None, q
-    assert unquote(m.group(1)) == HOSTILE
-    assert unquote(m.group(2)) == quote_meta(HOSTILE) + "-deployment"
+    assert q == count_in_window(sel.group(0), "30s")
+    assert unquote(sel.group(1)) == HOSTILE
+    assert unquote(sel.group(2)) == quote_meta(HOSTILE) + "-deployment"
 
 
 @given(namespace=st.text(), revision=st.text())
 def test_any_label_value_round_trips_through_the_selector(namespace: str, revision: str) -> None:
     q = latency_quantile(KN, namespace, revision, 0.99, "30s")
-    m = re.fullmatch(
-        r"histogram_quantile\(0\.99, sum by \(le\) \(rate\(revision_request_latencies_bucket\{"
-        rf"namespace_name={_STRING},revision_name={_STRING}\}}\[30s\]\)\)\)",
-        q,
+    sel = _one_selector(
+        rf"revision_request_latencies_bucket\{{namespace_name={_STRING},revision_name={_STRING}\}}", q
     )
-    assert m is not None, q
-    assert unquote(m.group(1)) == namespace
-    assert unquote(m.group(2)) == revision
+    assert q == f"histogram_quantile(0.99, {count_in_window(sel.group(0), '30s', 'by (le)')})"
+    assert unquote(sel.group(1)) == namespace
+    assert unquote(sel.group(2)) == revision
 
 
 # --- windows ---
