@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,8 +121,23 @@ def test_api_faults_rollouts_complete(env: Env) -> None:
 
 def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int = 5,
          burst_s: float = 0.75) -> threading.Thread:
-    """Faults in bursts: each mode in turn (shuffled) for `burst_s`, then as long of clean answers, until
-    `stop`. Short bursts, so that several kinds reach the daemon within one fast rollout."""
+    """Faults in bursts, each mode in turn (shuffled), then clean answers, until `stop`. A burst lasts until
+    one query got its fault (or `4 * burst_s`; `down` just `burst_s`: refused connections never reach the
+    proxy's log), and the clean spell until 4 queries were answered cleanly (or `4 * burst_s`), so analyses
+    still pass between faults. Paced by the daemon's queries rather than by the clock: with time-paced
+    bursts a fast rollout on a loaded machine met only two kinds of fault."""
+
+    def seen_since(count: int, fault: Mode) -> int:
+        return sum(1 for q in proxy.queries()[count:] if q.fault == fault)
+
+    def hold(fault: Mode, enough: int) -> bool:
+        """Until `enough` queries got `fault` (or the time is up); False when stopped."""
+        count = len(proxy.queries())
+        deadline = time.monotonic() + (burst_s if fault == "down" else 4 * burst_s)
+        while time.monotonic() < deadline and seen_since(count, fault) < enough:
+            if stop.wait(0.02):
+                return False
+        return True
 
     def run() -> None:
         order = list(modes)
@@ -130,10 +146,10 @@ def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int 
             while not stop.is_set():
                 for mode in order:
                     proxy.set(mode)
-                    if stop.wait(burst_s):
+                    if not hold(mode, 1):
                         return
                     proxy.set("pass")
-                    if stop.wait(burst_s):
+                    if not hold("pass", 4):
                         return
         finally:
             proxy.set("pass")
