@@ -464,7 +464,7 @@ class _Tick:
             # One canary for the whole service (KFServing v1alpha2): every component moves with it.
             first = listed[0]
             baseline = None if already else live.component(first).latest_created
-            if baseline is None and not already and not superseding:
+            if baseline is None and not already and not superseding and self._revision_due(before):
                 return self._wait_for_revision(before, desired, first)
             return self._begin(live, first, [], desired.manifest, previous, baseline, {}, superseding)
         old = previous if previous is not None else managed_part(live.manifest)
@@ -483,7 +483,7 @@ class _Tick:
             baseline = st.baseline_created_revision  # the superseded canary is still the one to judge
         else:
             baseline = live.component(first).latest_created
-            if baseline is None and not superseding:
+            if baseline is None and not superseding and self._revision_due(before):
                 return self._wait_for_revision(before, desired, first)
         baselines: dict[str, str] = {}
         for c in rest:
@@ -495,6 +495,13 @@ class _Tick:
             # The policy no longer canaries it: like any unlisted component, KServe moves it at once.
             self.actions.append(Promote(in_flight))
         return self._begin(live, first, rest, manifest, previous, baseline, baselines, superseding, plan.direct)
+
+    def _revision_due(self, before: RolloutState) -> bool:
+        """Whether KServe may still report a revision of the spec in force: within progressDeadline of the
+        phase it was applied in. Past that, it never made one (a spec KServe could not turn into a Knative
+        Service): the first revision after the new apply is the new spec's, and waiting would block the fix."""
+        since = before.status.phase_since
+        return since is None or (self.now - since).total_seconds() < self.p.progress_deadline_s
 
     def _wait_for_revision(self, before: RolloutState, desired: Desired, comp: str) -> Decision:
         """KServe has not reported the component's current revision yet (a service created moments ago,

@@ -791,3 +791,15 @@ def test_regression_the_revision_serving_now_is_never_its_own_canary() -> None:
     d = decide(s, Observation(desired=V2, live=live("v2", created=2, ready=2, rolledout=1, percent=0)),
                POLICY, at(6))
     assert d.state.status.phase == Phase.PROGRESSING and d.state.status.canary_revision == rev(2)
+
+
+def test_a_spec_that_never_made_a_revision_does_not_block_its_fix() -> None:
+    """The wait for a baseline is bounded by progressDeadline (10m here) from when the spec in force was
+    applied: past it, KServe never made a revision of that spec, so the next revision is the fix's own."""
+    created = state(Phase.SUCCEEDED, desired("v1"), stable_revision=None, weight=100, step=-1, phase_since=T0)
+    no_status = live("v1", created=None, ready=None, rolledout=None)
+    d = decide(created, Observation(desired=V2, live=no_status), POLICY, at(30))
+    assert effects(d) == [] and "no baseline" in d.state.status.message
+    d = decide(created, Observation(desired=V2, live=no_status), POLICY, at(601))
+    assert effects(d) == [ApplySpec(V2.manifest, desired("v1").manifest, COMP, 0)]
+    assert d.state.status.phase == Phase.INITIALIZING and d.state.status.baseline_created_revision is None
