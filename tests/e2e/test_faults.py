@@ -13,7 +13,6 @@ rolled back, and never a promotion decided on missing data.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from pathlib import Path
@@ -119,29 +118,30 @@ def test_api_faults_rollouts_complete(env: Env) -> None:
 # -- Prometheus ------------------------------------------------------------------------------------------
 
 
-def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, seed: int = 5,
-         burst_s: float = 0.75) -> threading.Thread:
-    """Faults in bursts, each mode in turn (shuffled), then clean answers, until `stop`. A burst lasts until
-    one query got its fault (or `4 * burst_s`; `down` just `burst_s`: refused connections never reach the
-    proxy's log), and the clean spell until 4 queries were answered cleanly (or `4 * burst_s`), so analyses
-    still pass between faults. Paced by the daemon's queries rather than by the clock: with time-paced
-    bursts a fast rollout on a loaded machine met only two kinds of fault."""
+def flap(proxy: FaultProxy, modes: list[Mode], stop: threading.Event, burst_s: float = 0.75) -> threading.Thread:
+    """Faults in bursts, each mode in the order given, then clean answers, until `stop`. Paced by the daemon's
+    queries, not by the clock (time-paced bursts met only two kinds of fault in some loaded CI runs, and
+    bursts before the rollout's first analysis were wasted): a burst lasts until one query got its fault,
+    and the clean spell until 4 queries were answered cleanly (or `4 * burst_s`), so analyses still pass in
+    between. Two kinds the proxy cannot count at once get a fixed time instead: `down` (`burst_s`: refused
+    connections never reach the proxy) and `hang` (`4 * burst_s`: a hung query is logged when it ends)."""
+    limits: dict[str, float] = {"down": burst_s, "hang": 4 * burst_s, "pass": 4 * burst_s}
 
     def seen_since(count: int, fault: Mode) -> int:
         return sum(1 for q in proxy.queries()[count:] if q.fault == fault)
 
     def hold(fault: Mode, enough: int) -> bool:
-        """Until `enough` queries got `fault` (or the time is up); False when stopped."""
+        """Until `enough` queries got `fault` (or its time limit, if it has one); False when stopped."""
         count = len(proxy.queries())
-        deadline = time.monotonic() + (burst_s if fault == "down" else 4 * burst_s)
-        while time.monotonic() < deadline and seen_since(count, fault) < enough:
+        limit = limits.get(fault)
+        deadline = None if limit is None else time.monotonic() + limit
+        while (deadline is None or time.monotonic() < deadline) and seen_since(count, fault) < enough:
             if stop.wait(0.02):
                 return False
         return True
 
     def run() -> None:
         order = list(modes)
-        random.Random(seed).shuffle(order)
         try:
             while not stop.is_set():
                 for mode in order:
@@ -165,7 +165,9 @@ def test_prometheus_faults_never_promote_on_missing_data(env: Env) -> None:
     with FaultProxy(env.sb.prometheus.url, seed=3, hang_s=10) as proxy:
         deploy_pair(env, prometheus_url=proxy.url)
         env.load([GOOD, BAD], rate=25)
-        modes: list[Mode] = ["down", "hang", "empty", "nan", "stale", "error"]
+        # The kinds the proxy sees at once come first: a hung query is logged only when it ends, and
+        # refused connections never reach it, so a fast rollout may be over before those are counted.
+        modes: list[Mode] = ["empty", "nan", "error", "stale", "hang", "down"]
         flapper = flap(proxy, modes, stop)
         try:
             c2 = push_good_and_bad(env)
@@ -174,7 +176,7 @@ def test_prometheus_faults_never_promote_on_missing_data(env: Env) -> None:
             stop.set()
             flapper.join(10)
     faulted = {q.fault for q in proxy.queries()} - {"pass"}
-    assert len(faulted) >= 3, f"too few kinds of faults reached the daemon: {faulted}"
+    assert {"empty", "nan", "error"} <= faulted, f"too few kinds of faults reached the daemon: {faulted}"
 
 
 @pytest.mark.parametrize("mode", ["down", "stale"])
