@@ -629,11 +629,15 @@ class _Tick:
             self.event("PreRolloutPassed", "; ".join(g.summary for g in results))
         if candidate is not None:
             first = p.steps[0]
+            # A canary started while the previous revision was not Ready yet has no stable one recorded;
+            # KServe has rolled it out by now, and the comparisons and the rollback name it.
+            rolled = comp.latest_rolledout
+            stable = st.stable_revision or (rolled if rolled != candidate else None)
             self.state = self.state.evolve(spec={"previous_applied": None})
             self.actions.append(SetTraffic(self.comp, first))
             self.move(Phase.PROGRESSING, "CanaryReady",
                       f"{self.comp} revision {candidate} is Ready; step 1/{len(p.steps)}: {first}% of traffic",
-                      step=0, weight=first, canary_revision=candidate, ready_at=self.now,
+                      step=0, weight=first, canary_revision=candidate, ready_at=self.now, stable_revision=stable,
                       step_started_at=self.now, step_applied=False, evidence=None, counters={})
             self.schedule(self.later(p.analysis.warmup_s + p.analysis.every_s))
             return self.done()

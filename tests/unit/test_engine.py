@@ -803,3 +803,15 @@ def test_a_spec_that_never_made_a_revision_does_not_block_its_fix() -> None:
     d = decide(created, Observation(desired=V2, live=no_status), POLICY, at(601))
     assert effects(d) == [ApplySpec(V2.manifest, desired("v1").manifest, COMP, 0)]
     assert d.state.status.phase == Phase.INITIALIZING and d.state.status.baseline_created_revision is None
+
+
+def test_a_stable_revision_unknown_at_the_start_is_taken_when_the_canary_is_ready() -> None:
+    s = initializing(stable_revision=None)  # v1's revision was not Ready yet when v2 was applied
+    d = decide(s, Observation(desired=V2, live=live("v2", created=2, ready=2, rolledout=1, percent=0)),
+               POLICY, at(6))
+    assert d.state.status.phase == Phase.PROGRESSING
+    assert (d.state.status.canary_revision, d.state.status.stable_revision) == (rev(2), rev(1))
+    # Never the canary itself.
+    d = decide(s, Observation(desired=V2, live=live("v2", created=2, ready=2, rolledout=2, percent=0)),
+               POLICY, at(6))
+    assert d.state.status.stable_revision is None
