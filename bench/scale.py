@@ -194,6 +194,9 @@ class PromStub:
         return out
 
     def answer(self, query: str, t: float) -> list[dict[str, Any]]:
+        from canaryd.analysis.counters import matches
+        from canaryd.analysis.queries import Matcher
+
         m = _SELECTOR.match(query.strip())
         if m is None:
             with self._lock:
@@ -202,28 +205,19 @@ class PromStub:
                 40.0 if "histogram_quantile" in query else self._rate * 10
             return [{"metric": {}, "value": [t, repr(value)]}]
         name, body = m.groups()
-        matchers = [(lb, op, re.sub(r"\\(.)", r"\1", v)) for lb, op, v in _MATCHER.findall(body)]
+        matchers = [Matcher(lb, op, re.sub(r"\\(.)", r"\1", v)) for lb, op, v in _MATCHER.findall(body)]
         with self._lock:
-            self.counts["raw-revision" if any(lb == "revision_name" for lb, _, _ in matchers)
+            self.counts["raw-revision" if any(m.label == "revision_name" for m in matchers)
                         else "raw-namespace"] += 1
-        ns = next((v for lb, op, v in matchers if lb == "namespace_name" and op == "="), None)
+        ns = next((m.value for m in matchers if m.label == "namespace_name" and m.op == "="), None)
         if ns is None:
             return []
         out = []
         for rev in self._revisions(ns):
             for labels, value in self._series(ns, rev, t):
-                if labels["__name__"] == name and all(_match(op, v, labels.get(lb, "")) for lb, op, v in matchers):
+                if labels["__name__"] == name and all(matches(m, labels) for m in matchers):
                     out.append({"metric": labels, "value": [t, repr(value)]})
         return out
-
-
-def _match(op: str, want: str, have: str) -> bool:
-    if op == "=":
-        return have == want
-    if op == "!=":
-        return have != want
-    hit = re.fullmatch(want, have) is not None
-    return hit if op == "=~" else not hit
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -19,7 +19,8 @@ import requests
 
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.analysis import counters
-from canaryd.analysis.queries import get_profile
+from canaryd.analysis.counters import matches
+from canaryd.analysis.queries import Matcher, get_profile
 
 KN = get_profile("knative-opencensus")
 ISTIO = get_profile("istio")
@@ -30,15 +31,6 @@ _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)"((?:[^"\\]|\\.)*)"'
 
 def _unescape(value: str) -> str:
     return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t", "r": "\r"}.get(m.group(1), m.group(1)), value)
-
-
-def _matches(op: str, want: str, have: str) -> bool:
-    if op == "=":
-        return have == want
-    if op == "!=":
-        return have != want
-    hit = re.fullmatch(want, have) is not None
-    return hit if op == "=~" else not hit
 
 
 class FakePrometheus:
@@ -62,10 +54,10 @@ class FakePrometheus:
         m = _SELECTOR.match(query)
         assert m, query
         name, body = m.groups()
-        matchers = [(label, op, _unescape(v)) for label, op, v in _MATCHER.findall(body)]
+        matchers = [Matcher(label, op, _unescape(v)) for label, op, v in _MATCHER.findall(body)]
         out = []
         for labels, rate in self.series:
-            if labels["__name__"] == name and all(_matches(op, v, labels.get(lb, "")) for lb, op, v in matchers):
+            if labels["__name__"] == name and all(matches(m, labels) for m in matchers):
                 out.append({"metric": labels, "value": [at, str(rate * at)]})
         return out
 
