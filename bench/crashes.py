@@ -7,7 +7,7 @@ patching the InferenceService, and when given API requests arrive (state reads a
 promotion and rollback) — and restarted, `--kills` times. After every kill and restart, and at the end,
 it checks that every ModelRollout is valid, that the traffic written follows the policy (no step skipped
 or applied twice), that every good version ends promoted and every bad one rolled back, and that no
-rollout is stuck. See `canaryd.sandbox.crashes` for the kill points and the exact invariants.
+rollout is stuck. See `tests.campaigns.crashes` for the kill points and the exact invariants.
 
 The seed (printed; `--seed` to replay) fixes the sequence of kill points and of good/bad versions.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 # Runnable from a plain checkout (`python bench/crashes.py`), whether or not canaryd is installed.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canaryd.sandbox.crashes import Campaign, CampaignConfig
+from tests.campaigns.crashes import Campaign, CampaignConfig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,9 @@ For each fault class, the real daemon (`canaryd run`, a child process) rolls out
 half good (no errors) and half bad (30 % of requests fail), over two services of a namespace of its own,
 while that class's fault is injected into its own dependencies only:
 
-- API (`canaryd.sandbox.faults.ApiFaults`, matched on the daemon's User-Agent and the namespace): 409 on
+- API (`tests.campaigns.faults.ApiFaults`, matched on the daemon's User-Agent and the namespace): 409 on
   ModelRollout writes, 5xx, 429 with Retry-After, slow answers, cut and expired watches;
-- Prometheus (`canaryd.sandbox.faultproxy.FaultProxy` between the daemon and the real Prometheus): down,
+- Prometheus (`tests.campaigns.faultproxy.FaultProxy` between the daemon and the real Prometheus): down,
   hung queries, empty and NaN results, stale answers (frozen at an old evaluation time), HTTP 500, in
   bursts or on a share of the queries; and Prometheus down for good, past `maxHold`;
 - Git: the remote (served over HTTP) unreachable in bursts (connections refused or reset), every push a
@@ -55,8 +55,12 @@ from canaryd.adapters.kube import make_api_client
 from canaryd.rollout.state import GROUP, PLURAL, VERSION, Phase, RolloutState
 from canaryd.sandbox.cluster import Sandbox
 from canaryd.sandbox.daemonproc import DaemonProcess
-from canaryd.sandbox.faultproxy import FaultProxy, Mode
-from canaryd.sandbox.faults import (
+from canaryd.sandbox.githttp import AuthGitServer
+from canaryd.sandbox.gitrepo import ConfigRepo
+from canaryd.sandbox.loadgen import LoadGenerator, Target
+from canaryd.sandbox.scenario import Scenario
+from tests.campaigns.faultproxy import FaultProxy, Mode
+from tests.campaigns.faults import (
     CORRUPTIONS,
     ApiFault,
     ApiFaults,
@@ -67,10 +71,6 @@ from canaryd.sandbox.faults import (
     force_push,
     promoted_on_missing_data,
 )
-from canaryd.sandbox.githttp import AuthGitServer
-from canaryd.sandbox.gitrepo import ConfigRepo
-from canaryd.sandbox.loadgen import LoadGenerator, Target
-from canaryd.sandbox.scenario import Scenario
 
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
 GOOD = {"errorRate": 0.0, "latencyMs": {"base": 20, "p99": 60}, "readyAfterSeconds": 0.5}

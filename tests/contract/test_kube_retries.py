@@ -19,9 +19,9 @@ from canaryd.adapters.statestore import StateStore
 from canaryd.rollout.model import ApplySpec
 from canaryd.rollout.state import GROUP, PLURAL, RolloutState, TargetRef
 from canaryd.sandbox.cluster import LITE_CRD, MODELROLLOUT_CRD, real_kserve_crd
-from canaryd.sandbox.faults import ApiFault, ApiFaults, Match
 from canaryd.sandbox.kubeapi import KubeApiEmulator, load_crds
 from canaryd.sandbox.kubeapi.requestinfo import ApiCall
+from tests.campaigns.faults import ApiFault, ApiFaults, Match
 
 NS = "models"
 G, V, P = "serving.kserve.io", "v1beta1", "inferenceservices"

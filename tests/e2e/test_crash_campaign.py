@@ -20,7 +20,7 @@ import pytest
 
 from canaryd.daemon.controller import HOLD_ENV, HOLD_ON_ENV
 from canaryd.rollout.state import Phase
-from canaryd.sandbox.crashes import Campaign, CampaignConfig, TrafficRecorder, check_step_dwell, collapse
+from tests.campaigns.crashes import Campaign, CampaignConfig, TrafficRecorder, check_step_dwell, collapse
 from tests.e2e.helpers import FAST_POLICY, Env, isvc_yaml, policy_yaml, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

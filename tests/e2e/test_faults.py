@@ -3,8 +3,8 @@ Prometheus or Git misbehave, and every rollout must still end right: good versio
 rolled back, and never a promotion decided on missing data.
 
 - API: the emulator's request hook answers some of the daemon's requests with 409, 500/503, 429 with
-  Retry-After, slowly, and cuts or expires its watches (`canaryd.sandbox.faults.ApiFaults`).
-- Prometheus: the daemon queries through `canaryd.sandbox.faultproxy.FaultProxy`, which goes down,
+  Retry-After, slowly, and cuts or expires its watches (`tests.campaigns.faults.ApiFaults`).
+- Prometheus: the daemon queries through `tests.campaigns.faultproxy.FaultProxy`, which goes down,
   hangs, answers empty, NaN, stale (frozen at an old evaluation time) or 500, in bursts; and, for longer
   than `maxHold`, down or stale, which must hold the rollout and roll it back.
 - Git: the remote refuses connections for a while (over HTTP, through a TCP proxy), the branch is
@@ -21,8 +21,9 @@ import pytest
 import yaml
 
 from canaryd.rollout.state import PLURAL, Phase, RolloutState
-from canaryd.sandbox.faultproxy import FaultProxy, Mode
-from canaryd.sandbox.faults import (
+from canaryd.sandbox.githttp import AuthGitServer
+from tests.campaigns.faultproxy import FaultProxy, Mode
+from tests.campaigns.faults import (
     ApiFault,
     ApiFaults,
     Match,
@@ -31,7 +32,6 @@ from canaryd.sandbox.faults import (
     force_push,
     promoted_on_missing_data,
 )
-from canaryd.sandbox.githttp import AuthGitServer
 from tests.e2e.helpers import FAST_POLICY, Env, isvc_yaml, policy_yaml, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

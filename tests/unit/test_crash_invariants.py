@@ -11,7 +11,7 @@ import pytest
 
 from canaryd.policy import PolicySpec, policy_snapshot
 from canaryd.rollout.state import HistoryRecord, Phase, RolloutState, TargetRef
-from canaryd.sandbox.crashes import (
+from tests.campaigns.crashes import (
     KILL_POINTS,
     ApiTrigger,
     check_percent_writes,

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from canaryd.sandbox.faults import ApiFault, ApiFaults, Match
 from canaryd.sandbox.kubeapi import KubeApiEmulator
+from tests.campaigns.faults import ApiFault, ApiFaults, Match
 
 DAEMON = {"User-Agent": "canaryd/0.1.0 (linux/amd64) daemon"}
 CLI = {"User-Agent": "canaryd/0.1.0 (linux/amd64) cli"}

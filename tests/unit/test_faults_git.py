@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from canaryd.adapters.git import GitSource, GitSyncError
-from canaryd.sandbox.faults import CORRUPTIONS, CorruptionKind, TcpFaultProxy, corrupt_checkout, force_push, moved_away
 from canaryd.sandbox.githttp import AuthGitServer
 from canaryd.sandbox.gitrepo import ConfigRepo
+from tests.campaigns.faults import CORRUPTIONS, CorruptionKind, TcpFaultProxy, corrupt_checkout, force_push, moved_away
 
 USER, TOKEN = "bot", "unit-faults-token-0123456789"
 

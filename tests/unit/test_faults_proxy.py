@@ -1,7 +1,7 @@
-"""The Prometheus fault proxy (`canaryd.sandbox.faultproxy`) in front of a fake Prometheus that answers
+"""The Prometheus fault proxy (`tests.campaigns.faultproxy`) in front of a fake Prometheus that answers
 every instant query at the time asked for, read through canaryd's real `PrometheusSource`: every fault
 must come out as *no data* with a reason, never as a number, and the missing-data invariant of
-`canaryd.sandbox.faults` must see through a fault the daemon took for data."""
+`tests.campaigns.faults` must see through a fault the daemon took for data."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.analysis.samples import MetricVerdict, Verdict
 from canaryd.httpserver import ThreadedServer
 from canaryd.rollout.state import AnalysisRecord
-from canaryd.sandbox.faultproxy import FaultProxy
-from canaryd.sandbox.faults import analysis_without_data
+from tests.campaigns.faultproxy import FaultProxy
+from tests.campaigns.faults import analysis_without_data
 
 
 async def fake_prometheus(request: Request) -> Response:

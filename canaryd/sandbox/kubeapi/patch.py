@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]
-import jsonpointer  # type: ignore[import-untyped]
+import jsonpatch
+import jsonpointer
 
 from canaryd.sandbox.kubeapi.errors import ApiError, bad_request, unsupported_media_type
 

@@ -646,7 +646,7 @@ class ForkServer:
                "PYTHONUNBUFFERED": "1"}
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from canaryd.sandbox.crashes import fork_server_main; fork_server_main()"],
+            [sys.executable, "-c", "from tests.campaigns.crashes import fork_server_main; fork_server_main()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, start_new_session=True)
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
@@ -765,7 +765,7 @@ class LoadProcess:
         root = str(Path(canaryd.__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from canaryd.sandbox.crashes import load_process_main; load_process_main()"],
+            [sys.executable, "-c", "from tests.campaigns.crashes import load_process_main; load_process_main()"],
             stdin=subprocess.PIPE, env=env, text=True, start_new_session=True)
         targets = [{"url": f"{dataplane_url}/v1/models/{s}:predict", "host": f"{s}.{namespace}.example.com",
                     "rate": rate_per_s} for s in services]

@@ -2,7 +2,7 @@
 
 Tests and `bench/faults.py` use these to make canaryd's dependencies misbehave the way real ones do, and
 check that rollouts still end right (good versions promoted, bad ones rolled back, nothing promoted on
-missing data). Prometheus has its own HTTP proxy, `canaryd.sandbox.faultproxy`.
+missing data). Prometheus has its own HTTP proxy, `tests.campaigns.faultproxy`.
 
 - `ApiFaults` is a request hook for `KubeApiEmulator.hooks`: chosen requests (by client User-Agent,
   namespace, verb, resource) get a 409 Conflict, a 5xx, a 429 with Retry-After, a slow answer, an
@@ -39,12 +39,12 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from canaryd.rollout.state import AnalysisRecord, Phase, RolloutState
-from canaryd.sandbox.faultproxy import FaultProxy
 from canaryd.sandbox.gitrepo import ConfigRepo
 from canaryd.sandbox.kubeapi.app import KubeApp, error_response, json_response
 from canaryd.sandbox.kubeapi.emulator import KubeApiEmulator
 from canaryd.sandbox.kubeapi.errors import ApiError, status_body
 from canaryd.sandbox.kubeapi.requestinfo import RequestInfo
+from tests.campaigns.faultproxy import FaultProxy
 
 FaultKind = Literal["conflict", "error", "throttle", "slow", "lost-answer", "drop-watch", "stall-watch",
                     "expire-watch"]

@@ -1,0 +1,1 @@
+"""Test campaigns (crash and dependency-fault injection): test tooling, not part of the installed package."""
