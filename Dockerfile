@@ -13,11 +13,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-# Metadata first, then the code (README.md is the package's long description).
-COPY pyproject.toml README.md ./
+# Metadata first, then the code (README.md is the package's long description). constraints.txt is the
+# tested dependency set (scripts/lock.sh): the image runs the versions CI ran. PIP_CONSTRAINT (not -c)
+# reaches pip's isolated build environment too. No extras: the sandbox's dependencies stay out.
+COPY pyproject.toml README.md constraints.txt ./
 COPY canaryd ./canaryd
 
-RUN python -m pip wheel --wheel-dir /wheels . \
+RUN PIP_CONSTRAINT=/src/constraints.txt python -m pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/canaryd \
  && /opt/canaryd/bin/pip install --no-index --find-links /wheels --compile canaryd \
  && /opt/canaryd/bin/pip uninstall --yes pip

@@ -183,6 +183,12 @@ def plan(kubeconfig: str | None, context: str | None, config_path: Path | None, 
               help="InferenceService CRD to load into the API emulator (default: the bundled lite CRD)")
 def demo(keep_dir: Path | None, kserve_crd: Path | None) -> None:
     """Run the whole story in a local sandbox: v2 promoted, v3 (errors) and v4 (slow) rolled back."""
+    import importlib.util
+
+    if importlib.util.find_spec("jsonpatch") is None:  # the sandbox's only extra dependency
+        raise click.ClickException(
+            "the demo runs a sandbox whose dependencies are an extra: pip install 'canaryd[sandbox]'"
+            " (or run `bash scripts/demo.sh` in a checkout)")
     from canaryd.sandbox.demo import run_demo
 
     sys.exit(run_demo(keep_dir=keep_dir, kserve_crd=kserve_crd))

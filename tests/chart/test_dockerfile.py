@@ -137,6 +137,16 @@ def test_builder_builds_wheels(stages: list[Stage]) -> None:
     assert "pyproject.toml" in copied and "canaryd" in copied
 
 
+def test_builder_installs_the_pinned_set_without_extras(stages: list[Stage]) -> None:
+    """The image runs the dependency versions CI tested (constraints.txt), and none of the sandbox's."""
+    copies = " ".join(i.args for i in stages[0].all("COPY"))
+    assert "constraints.txt" in copies.split(), copies
+    pip_runs = [i.args for i in stages[0].all("RUN") if "pip wheel" in i.args]
+    assert pip_runs and all("PIP_CONSTRAINT=/src/constraints.txt" in r for r in pip_runs), pip_runs
+    every_pip = " ".join(i.args for s in stages for i in s.all("RUN") if "pip" in i.args)
+    assert "[" not in every_pip, f"no extras (sandbox, dev) in the image: {every_pip}"
+
+
 def test_final_stage_has_no_build_tools(final: Stage) -> None:
     runs = [i.args for i in final.all("RUN")]
     installed = set().union(*(apt_packages(r) for r in runs))
