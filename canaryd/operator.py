@@ -3,6 +3,11 @@
 They are written into the ModelRollout's `spec.control` (a merge patch carrying the resourceVersion that
 was read), never acted out by the CLI itself: the daemon's next tick turns them into traffic changes, so
 they survive restarts and leader changes, and a Git sync cannot undo them.
+
+The daemon saves the same object at every tick that changes something, so a request can meet a save
+between its read and its write (409). That is not the person's problem: the request is read, checked and
+written again, a few times, exactly as a person running the command again would do. The precondition
+stays, so what was checked (a canary in flight, which spec) is what the write is based on.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Any, Literal
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from canaryd.adapters.kube import REQUEST_TIMEOUT
 from canaryd.adapters.statestore import StateStore
@@ -23,7 +29,28 @@ class OperatorError(RuntimeError):
     """The request cannot apply (no such rollout, nothing in flight): the message says why."""
 
 
+#: How often a request that collided with the daemon's own save is read, checked and written again.
+COLLISION_ATTEMPTS = 6
+
+
+class _Collision(Exception):
+    """The ModelRollout changed between our read and our write (409): read and decide again."""
+
+
 def request(api: client.ApiClient, namespace: str, name: str, what: Request) -> str:
+    """Record `what` for the rollout of `namespace/name`; the note to show the person."""
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(COLLISION_ATTEMPTS), wait=wait_random(0.05, 0.4),
+                                retry=retry_if_exception_type(_Collision), reraise=True):
+            with attempt:
+                return _request_once(api, namespace, name, what)
+    except _Collision:
+        raise OperatorError(f"the ModelRollout {namespace}/{name} kept changing while writing the request"
+                            f" ({COLLISION_ATTEMPTS} attempts); run the command again") from None
+    raise AssertionError("unreachable: Retrying either returns or raises")
+
+
+def _request_once(api: client.ApiClient, namespace: str, name: str, what: Request) -> str:
     state = StateStore(api).load(namespace, name)
     if state is None:
         raise OperatorError(f"no ModelRollout {namespace}/{name}: canaryd has not rolled this service out")
@@ -50,6 +77,6 @@ def request(api: client.ApiClient, namespace: str, name: str, what: Request) -> 
             GROUP, VERSION, namespace, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT)
     except ApiException as exc:
         if exc.status == 409:
-            raise OperatorError("the ModelRollout changed while writing the request; run the command again") from None
+            raise _Collision() from None
         raise OperatorError(f"could not record the request: HTTP {exc.status} {exc.reason}") from None
     return note
