@@ -68,8 +68,10 @@ def _request_once(api: client.ApiClient, namespace: str, name: str, what: Reques
             raise OperatorError(f"{namespace}/{name} is {st.phase}: there is no canary in flight to {what}")
         if what == "promote" and st.canary_revision is None:
             raise OperatorError(f"{namespace}/{name}: the canary revision is not Ready yet; nothing to promote")
-        control = {what: state.spec.spec_hash}
-        note = (f"{what} recorded for {namespace}/{name} (spec {state.spec.spec_hash}, commit "
+        # The request names this rollout attempt: it is spent when the attempt ends, so it can never
+        # promote or abort a later canary (even one of the same spec).
+        control = {what: state.attempt_id}
+        note = (f"{what} recorded for {namespace}/{name} ({state.attempt_id}: spec {state.spec.spec_hash}, commit "
                 f"{(state.spec.commit or '?')[:8]}); canaryd acts on its next check")
     body = {"metadata": {"resourceVersion": state.resource_version}, "spec": {"control": control}}
     try:

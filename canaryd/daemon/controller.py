@@ -9,12 +9,13 @@ absolute actions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +23,7 @@ from canaryd.adapters.events import EventRecorder
 from canaryd.adapters.hooks import WebhookCaller
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.prometheus import PrometheusSource
-from canaryd.adapters.statestore import Conflict, StateStore
+from canaryd.adapters.statestore import Conflict, StateStore, UntrustedState
 from canaryd.analysis.samples import AnalysisSamples, RevisionReading
 from canaryd.policy import PolicySpec
 from canaryd.rollout.engine import analysis_request, decide, gate_requests, in_force
@@ -80,10 +81,17 @@ class TickResult:
     changed: bool
 
 
+#: How soon a refused state is looked at again (someone may fix or delete it).
+REFUSED_RECHECK_S = 60.0
+
+
 class Controller:
-    def __init__(self, adapters: Adapters, default_policy: PolicySpec) -> None:
+    def __init__(self, adapters: Adapters, default_policy: PolicySpec,
+                 namespaces: frozenset[str] = frozenset()) -> None:
         self.a = adapters
         self.default_policy = default_policy
+        #: The namespaces canaryd may act in (empty: all); every write is checked against it.
+        self.namespaces = namespaces
         self._hold_dir = os.environ.get(HOLD_ENV)
         self._hold_on = os.environ.get(HOLD_ON_ENV, "")
         self.on_decision: list[Callable[[RolloutState, RolloutState], None]] = []
@@ -103,7 +111,11 @@ class Controller:
     def _tick_once(self, target: TargetRef, desired: Desired | None, policy: PolicySpec,
                    prune: bool) -> TickResult:
         now = self.a.clock()
-        state = self.a.store.load(target.namespace, target.name)
+        try:
+            self._check_target(target)
+            state = self.a.store.load(target.namespace, target.name)
+        except UntrustedState as exc:
+            return self._refuse(target, str(exc), now)
         if state is None:
             if desired is None:
                 return TickResult(None, "Unknown", False)
@@ -141,6 +153,10 @@ class Controller:
                           prune=prune)
         decision = decide(state, obs, policy, now)
         new = decision.state
+        try:
+            self._check_writes(target, new, decision.actions)
+        except UntrustedState as exc:
+            return self._refuse(target, str(exc), now)
         changed = new != state and not _rescheduled_only(state, new)
         if changed:
             new = self.a.store.save(new)
@@ -167,6 +183,45 @@ class Controller:
         for hook in self.on_decision:
             hook(state, new)
         return TickResult(new.status.next_check_at, str(new.status.phase), changed)
+
+    # -- trust: canaryd writes only its own target, in its own namespaces --------------------------------
+    def _check_target(self, target: TargetRef) -> None:
+        if self.namespaces and target.namespace not in self.namespaces:
+            raise UntrustedState(f"namespace {target.namespace} is not one canaryd manages"
+                                 f" (kubernetes.namespaces: {', '.join(sorted(self.namespaces))})")
+
+    def _check_writes(self, target: TargetRef, state: RolloutState, actions: list[Action]) -> None:
+        """Every object the tick would write is the service this tick is for: whatever a stored state or a
+        manifest says, canaryd never patches, creates or deletes anything else."""
+        t = state.spec.target
+        if (t.namespace, t.name) != (target.namespace, target.name):
+            raise UntrustedState(f"the state names {t.key}, not {target.key}")
+        self._check_target(t)
+        state.check_identity()
+        for action in actions:
+            match action:
+                case ApplySpec(manifest=m):
+                    meta = m.get("metadata") or {}
+                    if (meta.get("namespace", t.namespace), meta.get("name")) != (t.namespace, t.name):
+                        raise UntrustedState(f"refusing to apply {meta.get('namespace')}/{meta.get('name')}:"
+                                             f" this rollout is for {t.key}")
+                case DeleteService(namespace=ns, name=n):
+                    if (ns, n) != (t.namespace, t.name):
+                        raise UntrustedState(f"refusing to delete {ns}/{n}: this rollout is for {t.key}")
+                case _:
+                    pass
+
+    def _refuse(self, target: TargetRef, why: str, now: datetime) -> TickResult:
+        """Report a state canaryd must not act on (log, Event, status message) and act on nothing."""
+        message = f"canaryd refuses to act on this ModelRollout: {why}"
+        log.warning("state refused", extra={"service": target.key, "reason": why})
+        if not self.namespaces or target.namespace in self.namespaces:
+            with contextlib.suppress(Exception):  # reporting must not turn a refusal into a crash loop
+                obj = self.a.store.read(target.namespace, target.name)
+                if obj is not None and (obj.get("status") or {}).get("message") != message:
+                    self.a.store.report_refusal(target.namespace, target.name, message)
+                    self.a.events.record(target, "StateRefused", message, "Warning")
+        return TickResult(now + timedelta(seconds=REFUSED_RECHECK_S), "Refused", False)
 
     def _hold_point(self, target: TargetRef, actions: list[Action]) -> None:
         if not self._hold_dir or not any(_describe(a) == self._hold_on for a in actions):

@@ -104,7 +104,8 @@ class Daemon:
             ),
         )
         self.default_policy = settings.load_default_policy()
-        self.controller = Controller(self.adapters, self.default_policy)
+        self.controller = Controller(self.adapters, self.default_policy,
+                                     namespaces=frozenset(settings.kubernetes.namespaces))
         self.controller.on_decision.append(self.metrics.observe_state)
         self.controller.on_analysis.append(self.metrics.analysis_duration.observe)
         r = settings.repo

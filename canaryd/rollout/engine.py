@@ -284,10 +284,11 @@ class _Tick:
         """Pause, resume, promote and abort, as recorded in the ModelRollout by the CLI."""
         c = self.state.spec.control
         st = self.state.status
-        spec_hash = self.state.spec.spec_hash
+        # promote/abort name one rollout attempt: spent when it ends, never applied to a later attempt
+        attempt = self.state.attempt_id
         if live is None:
             return None
-        if c.abort is not None and c.abort == spec_hash and (st.phase in ACTIVE and st.phase != Phase.ROLLING_BACK):
+        if c.abort is not None and c.abort == attempt and (st.phase in ACTIVE and st.phase != Phase.ROLLING_BACK):
             self.actions.append(Rollback(self.comp))
             self.move(Phase.ROLLING_BACK, "AbortRequested", f"an operator aborted the rollout; taking all"
                       f" {self.comp} traffic back to {st.stable_revision}", warning=True, weight=0, paused_from=None)
@@ -306,7 +307,7 @@ class _Tick:
                       rollout_started_at=self.now, hold_since=self.now if st.hold_since else None,
                       next_check_at=self.now)
             return None
-        if (c.promote is not None and c.promote == spec_hash and st.phase in _ANALYSING
+        if (c.promote is not None and c.promote == attempt and st.phase in _ANALYSING
                 and st.canary_revision is not None):
             return self._promote("an operator requested promotion")
         return None
@@ -416,7 +417,7 @@ class _Tick:
             "commit": desired.commit, "spec_hash": desired.spec_hash, "last_applied": desired.manifest,
             "policy": desired.policy, "policy_source": desired.policy_source, "component": first,
             "pending_components": [],
-        }, promoted_components=[], component_baselines={})
+        }, promoted_components=[], component_baselines={}, attempt=self.state.status.attempt + 1)
 
     def _new_desired(self, desired: Desired, live: LiveService) -> Decision:
         st = self.state.status

@@ -4,6 +4,14 @@ State is immutable: every change makes a new copy (`evolve`), and phase changes 
 which checks a table of allowed moves (an illegal one raises), records the move in the history and
 resets the per-phase clock. The whole object round-trips through the ModelRollout custom resource
 (`for_storage` / `from_storage`), so a restart or a new leader resumes from exactly what was persisted.
+
+Storage layout (state version 2, issue 13): everything canaryd computes and remembers lives in the
+ModelRollout's `status`, behind the status subresource that only canaryd's ServiceAccount may write; the
+object's `spec` holds only what a person may ask for (`spec.control`). The target is the object's own
+namespace and name, never a field a person could point elsewhere. In memory the split stays as it was
+(`RolloutSpec` = what is being rolled out, `RolloutStatus` = how far it got): only the mapping to storage
+changed. Objects written by canaryd 0.1 (everything in `spec`, no status subresource) are recognised
+and migrated by the state store (`legacy_state`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,11 @@ PLURAL = "modelrollouts"
 
 MAX_ANALYSES = 10
 MAX_HISTORY = 50
+
+#: `status.stateVersion` of the storage layout above; canaryd 0.1 wrote none.
+STATE_VERSION = 2
+#: The kinds canaryd rolls out (a stored target of any other kind is refused).
+TARGET_API_VERSIONS = frozenset({"serving.kserve.io/v1beta1", "serving.kubeflow.org/v1alpha2"})
 
 
 class Phase(StrEnum):
@@ -116,8 +129,11 @@ class HistoryRecord(_Frozen):
 
 class Control(_Frozen):
     """Operator requests (`canaryd pause|resume|promote|abort`), kept in the ModelRollout's spec so they
-    survive restarts and a Git sync cannot undo them. `promote`/`abort` name the spec hash they were
-    given for, so a request never leaks into the next rollout."""
+    survive restarts and a Git sync cannot undo them. `promote`/`abort` name the rollout attempt they were
+    given for (`RolloutState.attempt_id`): every rollout attempt has a new id, so a request is spent when
+    its attempt ends and never applies to a later one, even one of the same spec."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     paused: bool = False
     promote: str | None = None
@@ -167,6 +183,9 @@ class RolloutStatus(_Frozen):
     #: later changes by others are drift, corrected without moving the clock (it would never end). False by
     #: default: a state saved before this field existed gets at most one restarted clock, never a skipped step.
     step_applied: bool = Field(default=False, alias="stepApplied")
+    #: Rollout attempts started for this service (each start, supersede or adoption is one): the attempt
+    #: an operator request names.
+    attempt: int = 0
     next_check_at: datetime | None = Field(default=None, alias="nextCheckAt")
     pre_rollout_passed: bool = Field(default=False, alias="preRolloutPassed")
     paused_from: Phase | None = Field(default=None, alias="pausedFrom")
@@ -187,10 +206,22 @@ class RolloutStatus(_Frozen):
     history: list[HistoryRecord] = Field(default_factory=list)
 
 
+class UntrustedState(ValueError):
+    """A stored ModelRollout that canaryd must not act on (it names another object, or cannot be read)."""
+
+
+_SPEC_KEYS = frozenset(f.alias or n for n, f in RolloutSpec.model_fields.items()) - {"target", "control"}
+
+
 class RolloutState(_Frozen):
     spec: RolloutSpec
     status: RolloutStatus = Field(default_factory=RolloutStatus)
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+
+    @property
+    def attempt_id(self) -> str:
+        """The id of the rollout attempt in flight, which operator requests name."""
+        return f"attempt-{self.status.attempt}"
 
     @classmethod
     def new(cls, target: TargetRef, component: str = "predictor") -> RolloutState:
@@ -233,8 +264,16 @@ class RolloutState(_Frozen):
 
     # -- storage -----------------------------------------------------------------------------------
     def for_storage(self) -> dict[str, Any]:
-        """The ModelRollout object (without resourceVersion unless known): JSON-safe."""
+        """The ModelRollout object (without resourceVersion unless known): JSON-safe.
+
+        `spec` carries only `control` (what a person asked for, as last read); the status subresource
+        write that saves a state ignores it. What canaryd rolls out goes into `status` beside its progress.
+        """
         t = self.spec.target
+        spec = json.loads(self.spec.model_dump_json(by_alias=True, exclude_none=True))
+        status = json.loads(self.status.model_dump_json(by_alias=True, exclude_none=True))
+        control = spec.pop("control", {})
+        spec.pop("target", None)
         body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
@@ -243,8 +282,9 @@ class RolloutState(_Frozen):
                 "namespace": t.namespace,
                 "labels": {"app.kubernetes.io/managed-by": "canaryd"},
             },
-            "spec": json.loads(self.spec.model_dump_json(by_alias=True, exclude_none=True)),
-            "status": json.loads(self.status.model_dump_json(by_alias=True, exclude_none=True)),
+            "spec": {"control": control},
+            "status": {"stateVersion": STATE_VERSION, "target": {"apiVersion": t.api_version, "kind": t.kind},
+                       **spec, **status},
         }
         if self.resource_version:
             body["metadata"]["resourceVersion"] = self.resource_version
@@ -252,9 +292,84 @@ class RolloutState(_Frozen):
 
     @classmethod
     def from_storage(cls, obj: dict[str, Any]) -> RolloutState:
+        """Read a ModelRollout written in the current layout; raises `UntrustedState` when it must not be
+        acted on. An object without status (created, status not written yet) is a new state."""
         meta = obj.get("metadata") or {}
-        return cls(
-            spec=RolloutSpec.model_validate(obj.get("spec") or {}),
-            status=RolloutStatus.model_validate(obj.get("status") or {}),
-            resource_version=meta.get("resourceVersion"),
-        )
+        namespace, name = meta.get("namespace"), meta.get("name")
+        if not isinstance(namespace, str) or not isinstance(name, str) or not namespace or not name:
+            raise UntrustedState("the ModelRollout has no metadata.namespace/name")
+        raw_status = dict(obj.get("status") or {})
+        control = Control.model_validate(((obj.get("spec") or {}).get("control")) or {})
+        rv = meta.get("resourceVersion")
+        if not raw_status:
+            return cls(spec=RolloutSpec(target=TargetRef(namespace=namespace, name=name), control=control),
+                       resource_version=rv)
+        version = raw_status.pop("stateVersion", None)
+        if version != STATE_VERSION:
+            raise UntrustedState(f"status.stateVersion is {version!r}, this canaryd reads {STATE_VERSION}"
+                                 " (a newer canaryd wrote it, or it predates the status subresource)")
+        target_kind = raw_status.pop("target", None) or {}
+        spec_fields = {k: raw_status.pop(k) for k in list(raw_status) if k in _SPEC_KEYS}
+        try:
+            target = TargetRef(namespace=namespace, name=name, **target_kind)
+            spec = RolloutSpec(target=target, control=control, **spec_fields)
+            status = RolloutStatus.model_validate(raw_status)
+        except ValueError as exc:
+            raise UntrustedState(f"the ModelRollout's status cannot be read: {_first_line(exc)}") from None
+        state = cls(spec=spec, status=status, resource_version=rv)
+        state.check_identity()
+        return state
+
+    def check_identity(self) -> None:
+        """What canaryd will write names its own target: the manifests it re-applies (drift correction,
+        crash repair) carry the ModelRollout's namespace/name, and the target is a kind it rolls out."""
+        t = self.spec.target
+        if t.kind != "InferenceService" or t.api_version not in TARGET_API_VERSIONS:
+            raise UntrustedState(f"status.target is {t.api_version} {t.kind}, not an InferenceService")
+        for field_name, manifest in (("lastApplied", self.spec.last_applied),
+                                     ("previousApplied", self.spec.previous_applied)):
+            if manifest is None:
+                continue
+            meta = manifest.get("metadata") or {}
+            if meta.get("namespace", t.namespace) != t.namespace or meta.get("name") != t.name:
+                raise UntrustedState(
+                    f"status.{field_name} names {meta.get('namespace')}/{meta.get('name')}, not this"
+                    f" ModelRollout's own service {t.key}")
+            if manifest.get("apiVersion") != t.api_version or manifest.get("kind") != t.kind:
+                raise UntrustedState(f"status.{field_name} is a {manifest.get('apiVersion')} {manifest.get('kind')},"
+                                     f" not the target's {t.api_version} {t.kind}")
+
+
+def legacy_state(obj: dict[str, Any]) -> RolloutState | None:
+    """The state in a ModelRollout written by canaryd 0.1 (all in `spec`, status beside it without a
+    stateVersion), or None when `obj` is not in that layout. Raises `UntrustedState` when it names an
+    object other than its own (the 0.1 layout let an editor point `spec.target` or `lastApplied` at
+    another namespace): such a state is refused, never migrated.
+
+    Only canaryd could have written a 0.1 status: editors may patch a ModelRollout's spec but never its
+    status, and an object canaryd created but had not written a status for yet has none.
+    """
+    spec = dict(obj.get("spec") or {})
+    status = dict(obj.get("status") or {})
+    if "stateVersion" in status or "target" not in spec or "phase" not in status:
+        return None
+    meta = obj.get("metadata") or {}
+    namespace, name = meta.get("namespace"), meta.get("name")
+    target = spec.get("target") or {}
+    if (target.get("namespace"), target.get("name")) != (namespace, name):
+        raise UntrustedState(f"canaryd 0.1 state: spec.target is {target.get('namespace')}/{target.get('name')},"
+                             f" not this ModelRollout's own {namespace}/{name}; refused, not migrated")
+    # spec.control stays where it is (same place in both layouts); a 0.1 promote/abort names a spec hash,
+    # which no attempt id equals: spent with the upgrade. A pause stays in force.
+    try:
+        state = RolloutState(spec=RolloutSpec.model_validate(spec), status=RolloutStatus.model_validate(status),
+                             resource_version=meta.get("resourceVersion"))
+    except ValueError as exc:
+        raise UntrustedState(f"canaryd 0.1 state cannot be read: {_first_line(exc)}") from None
+    state.check_identity()
+    return state
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(text[:3])[:300] if text else type(exc).__name__

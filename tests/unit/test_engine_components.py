@@ -412,7 +412,7 @@ def test_abort_mid_first_component_says_what_was_left() -> None:
     p = pol(TX, PRED)
     run, ks = mid_rollout(p, body("v2", "v2"), "transformer=10")
     s = run.state
-    s = s.model_copy(update={"spec": s.spec.model_copy(update={"control": Control(abort=s.spec.spec_hash)})})
+    s = s.model_copy(update={"spec": s.spec.model_copy(update={"control": Control(abort=s.attempt_id)})})
     d = decide(s, Observation(desired=want(body("v2", "v2"), p), live=ks.live()), p, T0 + timedelta(hours=1))
     assert effects(d) == [Rollback(TX)]
     for action in effects(d):

@@ -143,7 +143,8 @@ def test_pause_blocks_a_new_rollout() -> None:
 
 
 def test_abort_takes_the_traffic_away_and_ends_aborted() -> None:
-    s = with_control(progressing(), abort=V2.spec_hash)
+    s = progressing()
+    s = with_control(s, abort=s.attempt_id)
     st, eff, _ = run(s, at(200), live=live(percent=10))
     assert st.status.phase == Phase.ROLLING_BACK and eff == [Rollback("predictor")]
     st2, _, _ = run(st, at(202), live=live(percent=0, traffic={1: 100}))
@@ -157,9 +158,35 @@ def test_abort_for_another_spec_is_ignored() -> None:
 
 
 def test_promote_request_promotes_at_once() -> None:
-    s = with_control(progressing(), promote=V2.spec_hash)
+    s = progressing()
+    s = with_control(s, promote=s.attempt_id)
     st, eff, _ = run(s, at(70), live=live(percent=10))
     assert st.status.phase == Phase.PROMOTING and eff == [Promote("predictor")]
+
+
+@pytest.mark.parametrize("request_kind", ["promote", "abort"])
+def test_regression_operator_promote_outlived_its_rollout(request_kind: str) -> None:
+    """Issue 13 item 2: a promote (or abort) an operator gave for one rollout attempt applied again when Git
+    later returned to the same spec, promoting its new canary with zero analyses. A request names one
+    attempt; a later attempt of the same spec is a new one."""
+    earlier = progressing(attempt=4)
+    later = progressing(attempt=6)  # Git went v2 -> v3 -> v2: same spec hash, a new attempt
+    assert earlier.spec.spec_hash == later.spec.spec_hash
+    s = with_control(later, **{request_kind: earlier.attempt_id})
+    st, eff, _ = run(s, at(70), live=live(percent=10))
+    assert st.status.phase == Phase.PROGRESSING and eff == []
+    # the request format of canaryd 0.1 (a spec hash) is spent with the upgrade, never honoured
+    s = with_control(later, **{request_kind: V2.spec_hash})
+    st, eff, _ = run(s, at(70), live=live(percent=10))
+    assert st.status.phase == Phase.PROGRESSING and eff == []
+
+
+def test_every_rollout_start_is_a_new_attempt() -> None:
+    from tests.unit.engine_fixtures import V3
+
+    s = progressing(attempt=4)
+    superseded = decide(s, Observation(desired=V3, live=live(percent=10)), HOOKS, at(70)).state
+    assert superseded.status.attempt == 5 and superseded.attempt_id != s.attempt_id
 
 
 # -- drift -----------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ compares these rules with the calls found in those files.
 - apiGroups: ["canaryd.io"]
   resources: ["modelrollouts"]
   verbs: {{ toJson $stateVerbs }}
+# What canaryd remembers is written only here; no other role in the chart grants modelrollouts/status.
+- apiGroups: ["canaryd.io"]
+  resources: ["modelrollouts/status"]
+  verbs: ["update", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
