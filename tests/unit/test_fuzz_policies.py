@@ -170,6 +170,7 @@ CONTAINERS: list[FuzzPath] = [
     ("metadata",), ("spec",), ("spec", "target"), A, S, (*M, 0), ("spec", "gates"), W, ("spec", "steps"),
     M, ("spec", "webhooks"), ("metadata", "labels"), ("spec", "target", "components"),
 ]
+LIST_CONTAINERS: set[FuzzPath] = {("spec", "steps"), M, ("spec", "webhooks"), ("spec", "target", "components")}
 REQUIRED: list[tuple[FuzzPath, str]] = [
     (("metadata",), "required"), (("metadata", "name"), "required"), (("spec", "target"), "required"),
     (("spec", "target", "name"), "required"), ((*M, 0, "name"), "required"), ((*M, 2, "name"), "required"),
@@ -317,7 +318,9 @@ def wrong_type() -> st.SearchStrategy[Fault]:
         at(INT_LEAVES, not_int),
         at(FLOAT_LEAVES, not_float),
         at([("spec", "gates", "confirmPromotion")], st.one_of(st.text(max_size=5), st.integers(), st.none())),
-        at(CONTAINERS, not_mapping),
+        at([c for c in CONTAINERS if c not in LIST_CONTAINERS], not_mapping),
+        # a list is the right type for a list (its items are checked elsewhere): only scalars are wrong there
+        at(sorted(LIST_CONTAINERS), st.one_of(st.integers(), st.text(max_size=8), st.booleans())),
     )
 
 
