@@ -597,8 +597,9 @@ def daemon_api_calls() -> set[tuple[str, str, str]]:
             verb, kind = _VERB[m.group(1)], m.group(3)
             if any(kw.arg == "watch" for kw in node.keywords):
                 verb = "watch"
+            sub = "/status" if m.group(4) else ""
             if kind in ("custom_object", "custom_objects"):
-                found |= {(group, plural, verb) for group, plural in _custom_resources(module)}
+                found |= {(group, plural + sub, verb) for group, plural in _custom_resources(module)}
             elif kind in _BUILTIN:
                 found.add((*_BUILTIN[kind], verb))
             else:
@@ -647,6 +648,19 @@ def test_aggregated_roles_are_for_people_not_for_canaryd() -> None:
     # `canaryd pause/resume/promote/abort` merge-patch spec.control (canaryd/operator.py).
     assert edit["rules"] == [{"apiGroups": ["canaryd.io"], "resources": ["modelrollouts"], "verbs": ["patch"]}]
     assert rbac_rules(values) == rbac_rules(MINIMAL)
+
+
+def test_regression_the_modelrollout_was_a_trust_root_only_canaryd_writes_its_status() -> None:
+    """Issue 13 item 1: what canaryd remembers is behind the status subresource, which no role of the
+    chart but canaryd's own grants; people may patch the spec (their requests), never the status."""
+    values = merge(MINIMAL, {"rbac": {"aggregateToDefaultRoles": True}})
+    docs = render(values)
+    crd = yaml.safe_load((CHART_DIR / "crds" / "modelrollout.yaml").read_text())
+    assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}
+    granted_status = [(d["metadata"]["name"], r) for d in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")
+                      for r in d["rules"] if any(res.startswith("modelrollouts/") for res in r["resources"])]
+    assert granted_status and all(not name.endswith(("-view", "-edit")) for name, _ in granted_status), granted_status
+    assert ("canaryd.io", "modelrollouts/status", "update") in rbac_rules(values)
 
 
 def test_rbac_can_be_turned_off_with_an_existing_service_account() -> None:

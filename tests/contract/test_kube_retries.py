@@ -142,10 +142,11 @@ def test_409_on_a_replace_is_not_retried(api: client.ApiClient, emulator: KubeAp
                                          faults: ApiFaults) -> None:
     s = store(api)
     saved = s.save(RolloutState.new(TargetRef(namespace=NS, name="contested")))
+    before = len(calls(emulator, PLURAL, "contested", "update"))
     faults.add(ApiFault("conflict", Match(user_agent=ANY_CLIENT, name="contested", verbs=frozenset({"update"}))))
     with pytest.raises(Conflict):
         s.save(saved)
-    assert [c.status for c in calls(emulator, PLURAL, "contested", "update")] == [409]
+    assert [c.status for c in calls(emulator, PLURAL, "contested", "update")][before:] == [409]
 
 
 def test_404_is_not_retried(api: client.ApiClient, emulator: KubeApiEmulator) -> None:
@@ -214,11 +215,12 @@ def test_a_replace_whose_answer_was_lost_is_a_conflict_not_a_second_write(
     is the state that was written, once."""
     s = store(api, timeout=(2.0, 0.3))
     saved = s.save(RolloutState.new(TargetRef(namespace=NS, name="held-replace")))
+    before = len(calls(emulator, PLURAL, "held-replace", "update"))
     faults.add(ApiFault("lost-answer", Match(user_agent=ANY_CLIENT, name="held-replace",
                                              verbs=frozenset({"update"})), delay_s=1.0, limit=1))
     with pytest.raises(Conflict, match="gave up after 2 attempts"):
         s.save(saved.evolve(message="the write whose answer was lost"))
-    assert [c.status for c in calls(emulator, PLURAL, "held-replace", "update")] == [200, 409]
+    assert [c.status for c in calls(emulator, PLURAL, "held-replace", "update")][before:] == [200, 409]
     loaded = s.load(NS, "held-replace")
     assert loaded is not None and loaded.status.message == "the write whose answer was lost"
     assert int(loaded.resource_version or 0) == int(saved.resource_version or 0) + 1

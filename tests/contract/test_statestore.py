@@ -7,6 +7,7 @@ as lost state.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from kubernetes import client
 from pydantic import BaseModel
 
 from canaryd.adapters.kube import make_api_client
-from canaryd.adapters.statestore import Conflict, StateStore
+from canaryd.adapters.statestore import Conflict, StateStore, UntrustedState
 from canaryd.analysis.samples import MetricVerdict, Verdict
 from canaryd.rollout.state import (
     GROUP,
@@ -26,6 +27,7 @@ from canaryd.rollout.state import (
     PLURAL,
     VERSION,
     AnalysisRecord,
+    Control,
     HistoryRecord,
     Phase,
     RolloutSpec,
@@ -202,8 +204,6 @@ def aliases(model: type[BaseModel]) -> set[str]:
 
 
 @pytest.mark.parametrize(("model", "path"), [
-    (RolloutSpec, ["spec"]),
-    (TargetRef, ["spec", "target"]),
     (RolloutStatus, ["status"]),
     (AnalysisRecord, ["status", "analyses", "items"]),
     (HistoryRecord, ["status", "history", "items"]),
@@ -212,7 +212,18 @@ def test_crd_schema_has_exactly_the_models_fields(model: type[BaseModel], path: 
     node = schema()
     for key in path:
         node = node["items"] if key == "items" else node["properties"][key]
-    assert set(node["properties"]) == aliases(model)
+    want = aliases(model)
+    if model is RolloutStatus:  # what is rolled out lives in status too, beside the progress
+        want |= (aliases(RolloutSpec) - {"control"}) | {"stateVersion"}
+    assert set(node["properties"]) == want
+
+
+def test_crd_spec_is_the_operators_requests_plus_the_legacy_fields_read_for_migration() -> None:
+    spec = schema()["properties"]["spec"]["properties"]
+    assert set(spec["control"]["properties"]) == aliases(Control)
+    assert set(spec) == aliases(RolloutSpec)  # control + the canaryd 0.1 fields (read once, then removed)
+    assert set(schema()["properties"]["status"]["properties"]["target"]["properties"]) == {"apiVersion", "kind"}
+    assert {"namespace", "name"} <= aliases(TargetRef)  # ... which come from the object's own metadata
 
 
 def test_crd_identity_and_printer_columns() -> None:
@@ -222,7 +233,7 @@ def test_crd_identity_and_printer_columns() -> None:
                                                                                           "Namespaced")
     assert doc["spec"]["names"]["shortNames"] == ["mro"]
     version = doc["spec"]["versions"][0]
-    assert version["name"] == VERSION and "subresources" not in version  # one atomic write per save
+    assert version["name"] == VERSION and version["subresources"] == {"status": {}}
     phases = schema()["properties"]["status"]["properties"]["phase"]["enum"]
     assert phases == [p.value for p in Phase]
     body = realistic("cols").for_storage()
@@ -233,3 +244,95 @@ def test_crd_identity_and_printer_columns() -> None:
             continue
         section, key = json_path.lstrip(".").split(".")
         assert key in body[section], f"{name} column points at missing {json_path}"
+
+
+# -- issue 13: the status subresource, and the state written by canaryd 0.1 --------------------------------
+
+
+def legacy_object(api_client: client.ApiClient, state: RolloutState, **spec_changes: Any) -> dict[str, Any]:
+    """Write `state` as canaryd 0.1 did (all it computed in spec, status beside it, no stateVersion), the way
+    such an object looks on a cluster after the CRD upgrade: create (spec) then the status subresource."""
+    co = client.CustomObjectsApi(api_client)
+    t = state.spec.target
+    spec = json.loads(state.spec.model_dump_json(by_alias=True, exclude_none=True))
+    spec.update(spec_changes)
+    status = json.loads(state.status.model_dump_json(by_alias=True, exclude_none=True))
+    status.pop("attempt", None)
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "spec": spec,
+            "metadata": {"name": t.name, "namespace": t.namespace, "labels": {"team": "a"}}}
+    created = co.create_namespaced_custom_object(GROUP, VERSION, t.namespace, PLURAL, body)
+    created["status"] = status
+    written: dict[str, Any] = co.replace_namespaced_custom_object_status(GROUP, VERSION, t.namespace, PLURAL,
+                                                                         t.name, created)
+    return written
+
+
+def test_a_state_written_by_canaryd_0_1_is_migrated_not_misread(store: StateStore,
+                                                                api_client: client.ApiClient) -> None:
+    old = realistic("legacy")
+    legacy_object(api_client, old, control={"paused": True, "promote": old.spec.spec_hash})
+    loaded = store.load(NS, "legacy")
+    assert loaded is not None
+    assert loaded.spec.last_applied == old.spec.last_applied and loaded.spec.policy == old.spec.policy
+    assert loaded.status.phase == old.status.phase and loaded.status.history == old.status.history
+    assert loaded.spec.control.paused is True  # a pause stays in force
+    assert loaded.spec.control.promote != loaded.attempt_id  # a 0.1 promote (a spec hash) is spent
+    raw = client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "legacy")
+    assert raw["status"]["stateVersion"] == 2 and raw["status"]["lastApplied"] == old.spec.last_applied
+    assert set(raw["spec"]) == {"control"}, "the 0.1 fields were not removed from spec"
+    assert raw["metadata"]["labels"] == {"team": "a"}
+    again = store.load(NS, "legacy")
+    assert again == loaded.model_copy(update={"resource_version": raw["metadata"]["resourceVersion"]})
+
+
+def test_a_0_1_state_naming_another_namespace_is_refused_not_migrated(store: StateStore,
+                                                                      api_client: client.ApiClient) -> None:
+    old = realistic("legacy-hostile")
+    legacy_object(api_client, old, target={"namespace": "other", "name": "victim"})
+    with pytest.raises(UntrustedState, match="not this ModelRollout's own"):
+        store.load(NS, "legacy-hostile")
+    old2 = realistic("legacy-hostile2")
+    applied = {**(old2.spec.last_applied or {}), "metadata": {"namespace": "other", "name": "legacy-hostile2"}}
+    legacy_object(api_client, old2, lastApplied=applied)
+    with pytest.raises(UntrustedState, match="lastApplied names other/legacy-hostile2"):
+        store.load(NS, "legacy-hostile2")
+    assert "legacy-hostile2" not in {s.spec.target.name for s in store.list(NS)}  # skipped, not misread
+
+
+def test_a_state_from_a_newer_canaryd_is_refused(store: StateStore, api_client: client.ApiClient) -> None:
+    saved = store.save(realistic("future"))
+    co = client.CustomObjectsApi(api_client)
+    obj = co.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "future")
+    obj["status"]["stateVersion"] = 3
+    co.replace_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "future", obj)
+    with pytest.raises(UntrustedState, match="stateVersion is 3"):
+        store.load(NS, "future")
+    assert saved.resource_version
+
+
+def test_editors_cannot_change_status_through_the_main_resource(store: StateStore,
+                                                                api_client: client.ApiClient) -> None:
+    """The emulator enforces the status subresource as a real API server does: a main-resource write
+    changes spec and metadata only."""
+    saved = store.save(realistic("guarded"))
+    co = client.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "guarded", {
+        "spec": {"control": {"paused": True}},
+        "status": {"phase": "Failed", "lastApplied": {"metadata": {"namespace": "other", "name": "x"}}}})
+    loaded = store.load(NS, "guarded")
+    assert loaded is not None and loaded.spec.control.paused is True
+    assert loaded.status.phase == saved.status.phase and loaded.spec.last_applied == saved.spec.last_applied
+
+
+def test_a_save_writes_status_only_and_keeps_others_metadata(store: StateStore,
+                                                             api_client: client.ApiClient) -> None:
+    saved = store.save(realistic("shared"))
+    co = client.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "shared", {"metadata": {
+        "labels": {"argocd.argoproj.io/instance": "app"}, "annotations": {"note": "x"}}})
+    fresh = store.load(NS, "shared")
+    assert fresh is not None
+    store.save(fresh.evolve(message="next"))
+    meta = co.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "shared")["metadata"]
+    assert meta["labels"]["argocd.argoproj.io/instance"] == "app" and meta["annotations"] == {"note": "x"}
+    assert saved.resource_version
