@@ -37,8 +37,10 @@ class TickScheduler:
         self._paused = threading.Event()
         self._active = 0  # ticks and syncs running now (what drain() waits for)
         self._idle = threading.Condition(self._guard)
+        self._rerun: set[str] = set()
+        # The repo sync has a worker of its own: however long ticks take, they cannot delay it (issue 13).
         self.sched = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers)},
+            executors={"default": ThreadPoolExecutor(workers), "sync": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -86,14 +88,14 @@ class TickScheduler:
         if self._closed():
             return
         self.sched.add_job(self._counted, "interval", args=[fn], seconds=seconds, id=job_id, replace_existing=True,
-                           next_run_time=datetime.now(UTC), max_instances=1)
+                           next_run_time=datetime.now(UTC), max_instances=1, executor="sync")
 
     def once(self, job_id: str, fn: Callable[[], None]) -> None:
         """Run `fn` now; a request while one is still pending replaces it (bursts coalesce)."""
         if self._closed():
             return
         self.sched.add_job(self._counted, "date", args=[fn], run_date=datetime.now(UTC), id=job_id,
-                           replace_existing=True)
+                           replace_existing=True, executor="sync")
 
     def trigger(self, key: str) -> None:
         """Tick `key` as soon as a worker is free."""
@@ -138,7 +140,14 @@ class TickScheduler:
     def _run(self, key: str) -> None:
         if self._closed():
             return
-        with self._lock(key):
+        lock = self._lock(key)
+        if not lock.acquire(blocking=False):
+            # This service is ticking already: note one more run for when it ends rather than hold a worker
+            # waiting for the lock (a slow service would otherwise fill the pool that every service needs).
+            with self._guard:
+                self._rerun.add(key)
+            return
+        try:
             if not self._enter():
                 return
             try:
@@ -148,5 +157,12 @@ class TickScheduler:
                 nxt = datetime.now(UTC) + timedelta(seconds=self._backoff)
             finally:
                 self._leave()
+        finally:
+            lock.release()
+        with self._guard:
+            again = key in self._rerun
+            self._rerun.discard(key)
+        if again:
+            self.trigger(key)
         if nxt is not None:
             self.at(key, nxt)
