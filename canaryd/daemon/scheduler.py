@@ -3,7 +3,9 @@
 Each service has one scheduled job (id `tick:<ns>/<name>`, replaced on every reschedule) and may get
 extra immediate runs (a Git change). Ticks of one service are serialised by a lock rather than by
 APScheduler's `max_instances`, because a run skipped for "too many instances" would be lost; an extra tick
-is harmless, since ticks are idempotent.
+is harmless, since ticks are idempotent. A run that finds its service ticking already does not wait for
+the lock (a slow service would park every worker on it): it leaves one re-run for when the tick ends.
+The repo sync runs on an executor of its own, so no amount of tick work can delay it (issue 13).
 
 A standby replica (leader election) keeps the scheduler running but `pause()`d: no job runs and none can
 be added, so it cannot act; `resume()` when it becomes the leader. `drain()` waits, with a bound, for the
