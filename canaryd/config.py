@@ -7,6 +7,7 @@ dump of the settings can be logged safely.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,38 @@ class NotificationSettings(_Section):
     timeout: str = "5s"
 
 
+class OutboundSettings(_Section):
+    """Rules for calls to endpoints that config-repo authors name (gate webhooks), and response caps.
+
+    Config-repo authors are trusted only in their namespaces, so by default a gate URL may not reach the
+    daemon's loopback, a link-local address (the cloud metadata service hands out node credentials
+    there) or the in-cluster Kubernetes API. Only cluster admins, who own this file, can allow them.
+    """
+
+    allow_loopback: bool = Field(default=False, alias="allowLoopback",
+                                 description="let gate webhooks call 127.0.0.0/8 and ::1 (the sandbox does)")
+    allow_link_local: bool = Field(default=False, alias="allowLinkLocal",
+                                   description="let gate webhooks call 169.254.0.0/16 and fe80::/10 (metadata)")
+    allow_hosts: list[str] = Field(default_factory=list, alias="allowHosts",
+                                   description="host names or CIDR networks gate webhooks may call even if refused"
+                                               " otherwise (e.g. the in-cluster API)")
+    max_response_bytes: int = Field(default=1 << 20, ge=1024, alias="maxResponseBytes",
+                                    description="longest gate or notification answer read; more is an error")
+    max_prometheus_response_bytes: int = Field(default=64 << 20, ge=1024, alias="maxPrometheusResponseBytes",
+                                               description="longest Prometheus answer read; more is an error")
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for e in v:
+            e = e.strip()
+            if not e or any(c.isspace() for c in e) or "://" in e:
+                raise ValueError(f"{e!r}: each entry is a host name or a CIDR network, not a URL")
+            if "/" in e:
+                ipaddress.ip_network(e, strict=False)
+        return [e.strip() for e in v]
+
+
 class LeaderSettings(_Section):
     """Leader election through a `coordination.k8s.io/v1` Lease (client-go's semantics and timings).
 
@@ -168,6 +201,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="logLevel")
     workers: int = Field(default=4, ge=1, le=64)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     shutdown_timeout_s: float = Field(
         default=20.0, gt=0, alias="shutdownTimeoutS",
         description="after SIGTERM, exit within this many seconds (keep it below the pod's "

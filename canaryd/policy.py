@@ -227,6 +227,11 @@ class Gates(_Strict):
     confirm_promotion: bool = Field(default=False, alias="confirmPromotion")
 
 
+#: Longest one webhook attempt may take, and all its attempts together (issue 13: `timeout: 365d` was
+#: accepted). Every call runs beside the tick and ends by this deadline.
+MAX_WEBHOOK_TIMEOUT_S = 60.0
+MAX_WEBHOOK_TOTAL_S = 300.0
+
 WebhookType = Literal["pre-rollout", "rollout", "confirm-promotion", "post-rollout", "rollback"]
 
 
@@ -249,7 +254,20 @@ class Webhook(_Strict):
     @field_validator("timeout")
     @classmethod
     def _timeout(cls, v: str) -> str:
-        return _check_duration(v)
+        v = _check_duration(v)
+        if parse_duration(v) > MAX_WEBHOOK_TIMEOUT_S:
+            raise ValueError(f"webhook timeout {v} is longer than the maximum {MAX_WEBHOOK_TIMEOUT_S:g}s"
+                             " (a gate answers within a minute or not at all)")
+        return v
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Webhook:
+        total = (self.retries + 1) * self.timeout_s
+        if total > MAX_WEBHOOK_TOTAL_S:
+            raise ValueError(f"webhook {self.name}: (retries + 1) x timeout = {self.retries + 1} x {self.timeout}"
+                             f" = {total:g}s, more than the maximum {MAX_WEBHOOK_TOTAL_S:g}s a gate may hold a"
+                             " rollout; lower retries or timeout")
+        return self
 
     @property
     def timeout_s(self) -> float:

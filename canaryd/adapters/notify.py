@@ -32,6 +32,15 @@ from tenacity import (
     wait_exponential,
 )
 
+from canaryd.adapters.outbound import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DeadlineExceeded,
+    OutboundError,
+    OutboundLoop,
+    OutboundMetrics,
+    excerpt,
+    request,
+)
 from canaryd.config import NotificationSettings, NotifierSettings
 from canaryd.durations import parse_duration
 
@@ -56,7 +65,6 @@ COLOURS: dict[str, str] = {
 DEFAULT_COLOUR = "#A0A0A0"
 
 DEFAULT_REPEAT_INTERVAL_S = 3600.0
-_BODY_SNIPPET = 200
 
 
 # -- messages and payloads (pure) -----------------------------------------------------------------
@@ -272,7 +280,7 @@ class _Rejected(Exception):
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, _Retryable | httpx.TransportError)
+    return isinstance(exc, _Retryable | httpx.TransportError | DeadlineExceeded)
 
 
 @dataclass
@@ -312,7 +320,11 @@ class Notifier:
         attempts: int = 3,
         backoff: float = 0.5,
         repeat_interval: float | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        metrics: OutboundMetrics | None = None,
     ) -> None:
+        """`settings.timeout` is the wall-clock deadline of one delivery attempt (DNS, connect, answer);
+        answers are read up to `max_response_bytes`."""
         self._targets = [
             _Target(s, UrlFile(s.url_file), PAYLOADS[s.kind]) for s in settings.notifiers
         ]
@@ -323,6 +335,8 @@ class Notifier:
                             t.name, t.settings.url_file, unknown, ", ".join(KINDS))
         self._limiter = RateLimiter(parse_duration(settings.min_interval), repeat_interval)
         self._timeout = parse_duration(settings.timeout)
+        self._max_bytes = max_response_bytes
+        self._metrics = metrics or OutboundMetrics()
         self._clock = clock
         self._wall_clock = wall_clock
         self._attempts = max(1, attempts)
@@ -400,7 +414,8 @@ class Notifier:
     # -- worker ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
+        loop = OutboundLoop("notifier-http")
+        try:
             while True:
                 with self._cond:
                     while not self._queue and not self._closed:
@@ -408,14 +423,16 @@ class Notifier:
                     if not self._queue:
                         return
                     target, msg = self._queue.popleft()
-                ok = self._deliver(client, target, msg)
+                ok = self._deliver(loop, target, msg)
                 with self._cond:
                     if ok:
                         self._stats.sent += 1
                     else:
                         self._stats.failed += 1
+        finally:
+            loop.close()
 
-    def _deliver(self, client: httpx.Client, target: _Target, msg: Message) -> bool:
+    def _deliver(self, client: OutboundLoop, target: _Target, msg: Message) -> bool:
         try:
             url = target.url_file.read()
         except UrlFileError as exc:
@@ -444,15 +461,21 @@ class Notifier:
     def _backoff_sleep(self, seconds: float) -> None:
         self._abort.wait(seconds)  # close() cuts a backoff short
 
-    @staticmethod
-    def _post(client: httpx.Client, url: str, payload: dict[str, Any]) -> None:
-        response = client.post(url, json=payload)
-        status = response.status_code
+    def _post(self, loop: OutboundLoop, url: str, payload: dict[str, Any]) -> None:
+        """One attempt, bounded by the wall-clock `timeout` and the response cap (the URL is the admins':
+        no address rules, but no redirects either)."""
+        try:
+            answer = loop.submit(request(loop.client, "POST", url, json=payload, deadline_s=self._timeout,
+                                         max_bytes=self._max_bytes)).result()
+        except OutboundError as exc:
+            self._metrics.count("notification", exc)
+            raise
+        status = answer.status
         # 429 is the one 4xx worth retrying: Slack answers it when a channel's webhook is over its limit.
         if status >= 500 or status == 429:
             raise _Retryable(status)
         if status >= 400:
-            raise _Rejected(f"HTTP {status}: {response.text[:_BODY_SNIPPET].strip()}")
+            raise _Rejected(f"HTTP {status}: {excerpt(answer.body)}")
 
     @staticmethod
     def _log_retry(state: RetryCallState, msg: Message, where: str, url: str) -> None:

@@ -30,11 +30,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import requests.adapters
 import urllib3.exceptions
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
 
+from canaryd.adapters.outbound import DEFAULT_MAX_PROMETHEUS_BYTES, OutboundMetrics, excerpt
 from canaryd.analysis import counters, queries
 from canaryd.analysis.queries import Profile, RenderContext
 from canaryd.analysis.samples import AnalysisSamples, MetricReading, RevisionCounts, RevisionReading, WindowCounts
@@ -86,6 +88,58 @@ class _FileAuth(requests.auth.AuthBase):
             self._remember(base64.b64encode(f"{user}:{password}".encode()).decode())
             r = requests.auth.HTTPBasicAuth(user, password)(r)
         return r
+
+
+class _AnswerCut(requests.RequestException):
+    """An answer over the size cap or past the total deadline (its message is safe to show)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class _CappedAdapter(requests.adapters.HTTPAdapter):
+    """Reads every answer as a stream, up to `max_bytes` and within `deadline_s` of wall-clock time.
+
+    requests' timeout is per socket operation and `response.json()` holds the whole body: a Prometheus
+    sending a 100 MB answer, or a byte every half second, would cost that memory or that time. The
+    deadline is checked between reads, each of which is bounded by requests' read timeout, so a call
+    ends within `deadline_s` plus one read timeout (headers included: their read is one such read).
+    """
+
+    def __init__(self, max_bytes: int, deadline_s: float, metrics: OutboundMetrics, retry: Retry) -> None:
+        super().__init__(max_retries=retry)
+        self.max_bytes = max_bytes
+        self.deadline_s = deadline_s
+        self.metrics = metrics
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: Any = None, verify: Any = True, cert: Any = None,
+             proxies: Any = None) -> requests.Response:
+        started = time.monotonic()
+        resp = super().send(request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                if time.monotonic() - started > self.deadline_s:
+                    self.metrics.deadline.labels("prometheus").inc()
+                    raise _AnswerCut(f"answer not complete within {self.deadline_s:g}s", "deadline")
+                chunk = resp.raw.read1(64 * 1024)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.max_bytes:
+                    self.metrics.too_large.labels("prometheus").inc()
+                    raise _AnswerCut(f"answer larger than {self.max_bytes} bytes; not read", "too-large")
+                parts.append(chunk)
+        except BaseException:
+            resp.close()
+            raise
+        resp._content = b"".join(parts)  # what requests' own non-stream read would have set
+        resp._content_consumed = True
+        resp.close()
+        return resp
 
 
 class _CredentialsError(requests.RequestException):
@@ -178,9 +232,12 @@ class PrometheusSource:
         profile: str | Profile = queries.DEFAULT_PROFILE,
         scrape_interval_s: float = 1.0,
         batch: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_PROMETHEUS_BYTES,
+        metrics: OutboundMetrics | None = None,
     ) -> None:
         """`batch`: read the statistical judges' raw counters once per namespace and metric and share them
-        (see `read_counts`); off, every revision gets its own queries."""
+        (see `read_counts`); off, every revision gets its own queries. `timeout_s` bounds each query's
+        whole answer (wall clock); `max_response_bytes` caps what is read of it."""
         if ca_file is not None and insecure:
             raise ValueError("ca_file and insecure contradict each other: choose one")
         if bearer_token_file is not None and basic_auth is not None:
@@ -213,6 +270,10 @@ class PrometheusSource:
             retry=Retry(total=0, raise_on_status=False),
             timeout=timeout_s,  # type: ignore[arg-type]
         )
+        # Replaces the library's adapter (same prefix): streamed, capped, deadline-bound reads.
+        session.headers["Accept-Encoding"] = "identity"  # the cap counts bytes on the wire
+        session.mount(self._client.url, _CappedAdapter(max_response_bytes, timeout_s, metrics or OutboundMetrics(),
+                                                       Retry(total=0, raise_on_status=False)))
 
     def close(self) -> None:
         self._client.close()
@@ -436,6 +497,8 @@ class PrometheusSource:
     def _describe_transport(self, exc: requests.RequestException) -> str:
         if isinstance(exc, _CredentialsError):
             return str(exc)
+        if isinstance(exc, _AnswerCut):
+            return f"Prometheus at {self.safe_url}: {exc}"
         reason: object = exc
         if exc.args and isinstance(exc.args[0], urllib3.exceptions.MaxRetryError):
             reason = exc.args[0].reason or exc.args[0]
@@ -465,7 +528,8 @@ class PrometheusSource:
                 body = f"{data.get('errorType', 'error')}: {data['error']}"
         except (ValueError, SyntaxError):
             pass
-        return status, f"Prometheus at {self.safe_url} answered HTTP {status}: {body.strip()}"
+        # A short, redacted excerpt only: this text reaches verdicts, status and Events.
+        return status, f"Prometheus at {self.safe_url} answered HTTP {status}: {excerpt(body)}"
 
     def _redact(self, text: str) -> str:
         for secret in sorted(self._auth.secrets, key=len, reverse=True):

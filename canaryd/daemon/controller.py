@@ -124,8 +124,12 @@ class Controller:
         live = self.a.kserve.read(target.namespace, target.name, api_version)
         samples = None
         readings = None
+        # Gates run beside the tick: this starts the due calls and collects the answers that are in. A gate
+        # still waiting makes the engine wait too, so the analysis is not read now (it would be discarded).
+        gates = self.a.hooks.poll(target.key, gate_requests(state, live, policy, now))
+        waiting = any(g.pending for g in gates)
         request = analysis_request(state, in_force(state, policy), now)
-        if request is not None:
+        if request is not None and not waiting:
             p = in_force(state, policy)
             started = time.monotonic()
             at = now.timestamp()
@@ -148,7 +152,6 @@ class Controller:
                 samples = samples.model_copy(update={"counts": counts})
             for observe in self.on_analysis:
                 observe(time.monotonic() - started)
-        gates = self.a.hooks.call_all(gate_requests(state, live, policy, now))
         obs = Observation(desired=desired, live=live, samples=samples, counters=readings, gates=gates,
                           prune=prune)
         decision = decide(state, obs, policy, now)

@@ -28,10 +28,12 @@ from types import FrameType
 
 from canaryd.adapters.events import EventRecorder
 from canaryd.adapters.git import GitSource, GitSyncError
+from canaryd.adapters.hooks import WebhookCaller
 from canaryd.adapters.isvc_cache import InferenceServiceCache
 from canaryd.adapters.kserve import KServeAdapter
 from canaryd.adapters.kube import NotLeader, make_api_client
 from canaryd.adapters.notify import Notifier
+from canaryd.adapters.outbound import OutboundMetrics, OutboundRules
 from canaryd.adapters.prometheus import PrometheusSource
 from canaryd.adapters.statestore import StateStore
 from canaryd.config import Settings
@@ -92,8 +94,18 @@ class Daemon:
             self.isvc_cache = InferenceServiceCache(make_api_client(k.kubeconfig, k.context, component="daemon"),
                                                     k.namespaces or None)
         self.kserve = KServeAdapter(api, cache=self.isvc_cache)
-        self.notifier = Notifier(settings.notifications)
+        o = settings.outbound
+        self.outbound_metrics = OutboundMetrics(self.metrics.registry)
+        self.notifier = Notifier(settings.notifications, max_response_bytes=o.max_response_bytes,
+                                 metrics=self.outbound_metrics)
+        # Gate URLs come from config-repo authors: the daemon config (cluster admins) says where they may go.
+        self.hooks = WebhookCaller(
+            OutboundRules(allow_loopback=o.allow_loopback, allow_link_local=o.allow_link_local,
+                          allow_hosts=tuple(o.allow_hosts), max_response_bytes=o.max_response_bytes),
+            metrics=self.outbound_metrics, max_response_bytes=o.max_response_bytes,
+        )
         self.adapters = Adapters(
+            hooks=self.hooks,
             kserve=self.kserve,
             store=self.store,
             events=EventRecorder(api),
@@ -101,6 +113,7 @@ class Daemon:
             prometheus=PrometheusSource(
                 p.url, timeout_s=p.timeout_s, bearer_token_file=p.bearer_token_file, basic_auth=basic,
                 ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s, batch=True,
+                max_response_bytes=o.max_prometheus_response_bytes, metrics=self.outbound_metrics,
             ),
         )
         self.default_policy = settings.load_default_policy()
@@ -114,6 +127,8 @@ class Daemon:
                              known_hosts_file=r.known_hosts_file, fetch_retries=r.fetch_retries,
                              timeout=r.timeout_s)
         self.sched = TickScheduler(self._tick, workers=settings.workers)
+        # A gate's answer ticks its service at once (the tick that started the call did not wait for it).
+        self.hooks.on_answer.append(self.sched.trigger)
         self.desired: dict[ServiceKey, DesiredService] = {}
         self.commit: str | None = None
         # A sync costs what changed: unchanged files are not parsed again, an unchanged commit not read again.
@@ -369,6 +384,7 @@ class Daemon:
         if self.isvc_cache is not None:
             self.isvc_cache.stop(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
         self.notifier.close(timeout=max(0.0, min(5.0, deadline - time.monotonic() - 0.5)))
+        self.hooks.close()
         self.server.stop(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
         log.info("canaryd stopped", extra={"clean": drained})
         return drained

@@ -3,7 +3,9 @@
 Each service has one scheduled job (id `tick:<ns>/<name>`, replaced on every reschedule) and may get
 extra immediate runs (a Git change). Ticks of one service are serialised by a lock rather than by
 APScheduler's `max_instances`, because a run skipped for "too many instances" would be lost; an extra tick
-is harmless, since ticks are idempotent.
+is harmless, since ticks are idempotent. A run that finds its service ticking already does not wait for
+the lock (a slow service would park every worker on it): it leaves one re-run for when the tick ends.
+The repo sync runs on an executor of its own, so no amount of tick work can delay it (issue 13).
 
 A standby replica (leader election) keeps the scheduler running but `pause()`d: no job runs and none can
 be added, so it cannot act; `resume()` when it becomes the leader. `drain()` waits, with a bound, for the
@@ -37,8 +39,10 @@ class TickScheduler:
         self._paused = threading.Event()
         self._active = 0  # ticks and syncs running now (what drain() waits for)
         self._idle = threading.Condition(self._guard)
+        self._rerun: set[str] = set()
+        # The repo sync has a worker of its own: however long ticks take, they cannot delay it (issue 13).
         self.sched = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(workers)},
+            executors={"default": ThreadPoolExecutor(workers), "sync": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 3, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -86,14 +90,14 @@ class TickScheduler:
         if self._closed():
             return
         self.sched.add_job(self._counted, "interval", args=[fn], seconds=seconds, id=job_id, replace_existing=True,
-                           next_run_time=datetime.now(UTC), max_instances=1)
+                           next_run_time=datetime.now(UTC), max_instances=1, executor="sync")
 
     def once(self, job_id: str, fn: Callable[[], None]) -> None:
         """Run `fn` now; a request while one is still pending replaces it (bursts coalesce)."""
         if self._closed():
             return
         self.sched.add_job(self._counted, "date", args=[fn], run_date=datetime.now(UTC), id=job_id,
-                           replace_existing=True)
+                           replace_existing=True, executor="sync")
 
     def trigger(self, key: str) -> None:
         """Tick `key` as soon as a worker is free."""
@@ -138,7 +142,14 @@ class TickScheduler:
     def _run(self, key: str) -> None:
         if self._closed():
             return
-        with self._lock(key):
+        lock = self._lock(key)
+        if not lock.acquire(blocking=False):
+            # This service is ticking already: note one more run for when it ends rather than hold a worker
+            # waiting for the lock (a slow service would otherwise fill the pool that every service needs).
+            with self._guard:
+                self._rerun.add(key)
+            return
+        try:
             if not self._enter():
                 return
             try:
@@ -148,5 +159,12 @@ class TickScheduler:
                 nxt = datetime.now(UTC) + timedelta(seconds=self._backoff)
             finally:
                 self._leave()
+        finally:
+            lock.release()
+        with self._guard:
+            again = key in self._rerun
+            self._rerun.discard(key)
+        if again:
+            self.trigger(key)
         if nxt is not None:
             self.at(key, nxt)

@@ -619,7 +619,8 @@ class _Tick:
         p = self.p
         if candidate is not None and p.hooks("pre-rollout") and not st.pre_rollout_passed:
             results = [g for g in self.obs.gates if g.type == "pre-rollout"]
-            if not results:
+            if not results or any(g.pending for g in results):
+                # Not called yet, or no answer yet: wait (progressDeadline bounds it; so does each call's deadline).
                 self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
                 return self._check_deadline(live)
             failed = [g for g in results if not g.ok]
@@ -700,6 +701,13 @@ class _Tick:
                 start = _window_start(self.state, p)
                 base = start if start is not None and start > self.now else self.now
                 self.schedule(base + timedelta(seconds=p.analysis.every_s))
+            return self.done()
+        waiting = [g.name for g in self.obs.gates if g.pending]
+        if waiting:
+            # A gate has not answered yet: the analysis waits for it rather than pass without it. The
+            # answer re-triggers the tick; this check is the fallback.
+            self.log["waiting_for_webhooks"] = waiting
+            self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
             return self.done()
         samples = self.obs.samples
         if samples is None:

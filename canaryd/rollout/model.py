@@ -91,16 +91,24 @@ class Desired(_Frozen):
 
 
 class GateResult(_Frozen):
-    """The answer of one webhook call (after its retries): ok = a 2xx answer."""
+    """The answer of one webhook call (after its retries): ok = a 2xx answer.
+
+    `pending`: the call is still running (gates run beside the tick, never inside it); the engine waits
+    for it rather than deciding without it. `error` is canaryd's own fixed text (timed out, refused,
+    too large), never a piece of the answer's body: it goes into status and Events.
+    """
 
     name: str
     type: str
     ok: bool
     status: int | None = None
     error: str | None = None
+    pending: bool = False
 
     @property
     def summary(self) -> str:
+        if self.pending:
+            return f"{self.type} webhook {self.name}: no answer yet"
         what = f"HTTP {self.status}" if self.status is not None else (self.error or "no answer")
         if self.error and self.status is not None:
             what += f" ({self.error})"

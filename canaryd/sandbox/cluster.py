@@ -115,6 +115,9 @@ class Sandbox:
             "prometheus": {"url": self.prometheus.url, "timeout": "3s",
                            "scrapeInterval": f"{self.scrape_interval_s:g}s"},
             "server": {"host": "127.0.0.1", "port": 0},
+            # Everything in the sandbox listens on 127.0.0.1, gates included; a real cluster keeps the
+            # default (loopback refused for gate webhooks).
+            "outbound": {"allowLoopback": True},
             "logLevel": "info",
         }
         if default_policy is not None:

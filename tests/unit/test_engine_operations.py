@@ -87,6 +87,29 @@ def test_ready_canary_without_gate_answers_waits() -> None:
     assert st.status.phase == Phase.INITIALIZING and eff == []
 
 
+def pending(name: str, kind: str) -> GateResult:
+    return GateResult(name=name, type=kind, ok=False, pending=True)
+
+
+def test_a_pre_rollout_gate_without_an_answer_yet_waits_until_the_progress_deadline() -> None:
+    st, eff, _ = run(initializing(HOOKS), at(5), gates=[pending("smoke", "pre-rollout")])
+    assert st.status.phase == Phase.INITIALIZING and eff == [] and not st.status.pre_rollout_passed
+    assert st.status.next_check_at is not None and st.status.next_check_at <= at(7)
+    st, eff, _ = run(initializing(HOOKS), at(5 + 3600), gates=[pending("smoke", "pre-rollout")])
+    assert st.status.phase == Phase.ROLLING_BACK and "ProgressDeadlineExceeded" in st.status.history[-1].reason
+
+
+def test_an_analysis_waits_for_a_gate_still_running_instead_of_passing_without_it() -> None:
+    """Issue 13: gates run beside the tick; one not answered yet neither passes nor fails the analysis."""
+    s = progressing(pol=HOOKS)
+    now = at(READY_AT + 40)
+    st, eff, _ = run(s, now, live=live(percent=10), samples=samples("good"),
+                     gates=[pending("check", "rollout"), gate("pull", "rollback", False)])
+    assert st.status.analyses_run == s.status.analyses_run and eff == []
+    assert st.status.failed_analyses == 0 and st.status.next_check_at is not None
+    assert (st.status.next_check_at - now).total_seconds() <= 2
+
+
 def test_failing_rollout_hook_fails_the_analysis() -> None:
     s = progressing(pol=HOOKS)
     now = at(READY_AT + 40)

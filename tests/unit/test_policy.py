@@ -248,3 +248,24 @@ def test_non_finite_thresholds_are_rejected(metric: dict[str, Any]) -> None:
 def test_steps_must_be_integers(steps: list[Any]) -> None:
     with pytest.raises(ValidationError):
         PolicySpec.model_validate({"steps": steps})
+
+
+# -- issue 13: webhook timeouts are bounded --------------------------------------------------------
+
+def _hook(**kw: Any) -> dict[str, Any]:
+    return {"name": "g", "type": "rollout", "url": "http://gate.ml/x", **kw}
+
+
+@pytest.mark.parametrize("hook, words", [
+    (_hook(timeout="365d"), ["timeout", "365d", "maximum 60s"]),
+    (_hook(timeout="61s"), ["timeout", "61s", "maximum 60s"]),
+    (_hook(timeout="60s", retries=5), ["(retries + 1) x timeout", "360s", "maximum 300s"]),
+])
+def test_regression_policy_accepted_a_webhook_timeout_of_a_year(hook: dict[str, Any], words: list[str]) -> None:
+    from canaryd.policy import Webhook
+
+    with pytest.raises(ValidationError) as info:
+        Webhook.model_validate(hook)
+    text = str(info.value)
+    assert all(w in text for w in words), text
+    assert Webhook.model_validate(_hook(timeout="60s", retries=4)).timeout_s == 60

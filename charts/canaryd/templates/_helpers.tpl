@@ -223,6 +223,8 @@ The daemon's settings file (canaryd run --config FILE). Paths only, never secret
 {{- $_ := set $cfg "prune" $v.prune -}}
 {{- $_ := set $cfg "logLevel" $v.logLevel -}}
 {{- $_ := set $cfg "workers" (int $v.workers) -}}
+{{- $o := $v.outbound -}}
+{{- $_ := set $cfg "outbound" (dict "allowLoopback" $o.allowLoopback "allowLinkLocal" $o.allowLinkLocal "allowHosts" ($o.allowHosts | default list) "maxResponseBytes" (int $o.maxResponseBytes) "maxPrometheusResponseBytes" (int $o.maxPrometheusResponseBytes)) -}}
 {{- if $v.defaultPolicy }}
 {{- $_ := set $cfg "defaultPolicy" (printf "%s/default-policy.yaml" (include "canaryd.configDir" .)) }}
 {{- end }}
