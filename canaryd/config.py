@@ -100,8 +100,14 @@ class WebhookSettings(_Section):
     secret_file: Path | None = Field(default=None, alias="secretFile",
                                      description="shared secret (GitHub/Gitea HMAC, GitLab token); unset = 401")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, alias="maxBodyBytes")
-    rate_per_second: float = Field(default=5.0, gt=0, alias="ratePerSecond")
+    rate_per_second: float = Field(default=5.0, gt=0, alias="ratePerSecond",
+                                   description="token bucket of authenticated requests (a valid signature)")
     burst: int = Field(default=20, ge=1)
+    unauthenticated_rate_per_second: float = Field(
+        default=1.0, gt=0, alias="unauthenticatedRatePerSecond",
+        description="a separate token bucket for requests that fail authentication, are too large or are cut"
+                    " off: they never spend the budget of signed pushes")
+    unauthenticated_burst: int = Field(default=10, ge=1, alias="unauthenticatedBurst")
 
 
 class NotifierSettings(_Section):
