@@ -7,6 +7,7 @@ dump of the settings can be logged safely.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,10 +88,40 @@ class PrometheusSettings(_Section):
 
 
 class ServerSettings(_Section):
+    """The HTTP server. Its time bounds keep half-open and trickling connections from piling up (see
+    canaryd.httpserver); a connection over one is closed."""
+
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     port_file: Path | None = Field(default=None, alias="portFile",
                                    description="write the bound port here (useful with port 0)")
+    header_timeout: str = Field(default="10s", alias="headerTimeout",
+                                description="a request's headers must be complete within this")
+    body_timeout: str = Field(default="30s", alias="bodyTimeout",
+                              description="longest pause while a request body is being received")
+    keep_alive_timeout: str = Field(default="30s", alias="keepAliveTimeout",
+                                    description="an idle connection is closed after this (whole seconds)")
+
+    @field_validator("header_timeout", "body_timeout", "keep_alive_timeout")
+    @classmethod
+    def _bound(cls, v: str) -> str:
+        seconds = parse_duration(v)
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"must be a duration above 0 and at most 1h, got {v!r}")
+        return v
+
+    @property
+    def header_timeout_s(self) -> float:
+        return parse_duration(self.header_timeout)
+
+    @property
+    def body_timeout_s(self) -> float:
+        return parse_duration(self.body_timeout)
+
+    @property
+    def keep_alive_s(self) -> int:
+        """uvicorn counts keep-alive in whole seconds: rounded up, at least 1."""
+        return max(1, math.ceil(parse_duration(self.keep_alive_timeout)))
 
 
 class WebhookSettings(_Section):

@@ -134,6 +134,8 @@ class Daemon:
                      branch=settings.repo.branch, on_push=self.request_sync,
                      webhook_requests=self.metrics.webhook_requests, role=self._role),
             host=settings.server.host, port=settings.server.port, name="canaryd-http",
+            header_timeout_s=settings.server.header_timeout_s, body_timeout_s=settings.server.body_timeout_s,
+            keep_alive_s=settings.server.keep_alive_s,
         )
 
     # -- health ----------------------------------------------------------------------------------
