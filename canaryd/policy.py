@@ -11,7 +11,7 @@ import json
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from canaryd.durations import parse_duration
 from canaryd.yamlsafe import short
@@ -37,11 +37,19 @@ MAX_DURATION_S = 365 * 86400.0
 #: ModelRollout write and a batch of Prometheus queries, so `every: 1ms` asked for a thousand of each per
 #: second per service; and Prometheus scrapes every few seconds, so sub-second analyses see nothing new.
 MIN_CADENCE_S = 1.0
+#: Validation context key of a stored policy snapshot (see _check_cadence).
+_SNAPSHOT = "snapshot"
 
 
-def _check_cadence(value: str, field: str) -> str:
-    """A duration that paces reconciling (see MIN_CADENCE_S): positive, at most 365d, at least 1s."""
+def _check_cadence(value: str, field: str, info: ValidationInfo) -> str:
+    """A duration that paces reconciling (see MIN_CADENCE_S): positive, at most 365d, at least 1s.
+
+    Not the minimum for a snapshot (`spec_from_snapshot`): a rollout that an older canaryd started under
+    a shorter cadence must still be able to finish (or roll back) after an upgrade, not fail every tick.
+    """
     _check_duration(value)
+    if isinstance(info.context, dict) and info.context.get(_SNAPSHOT):
+        return value
     if parse_duration(value) < MIN_CADENCE_S:
         raise ValueError(f"{field} {short(value)} is shorter than the minimum of 1s: every analysis writes the"
                          " ModelRollout and queries Prometheus, which scrapes every few seconds anyway")
@@ -210,13 +218,13 @@ class Analysis(_Strict):
 
     @field_validator("every")
     @classmethod
-    def _every(cls, v: str) -> str:
-        return _check_cadence(v, "analysis.every")
+    def _every(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "analysis.every", info)
 
     @field_validator("max_hold")
     @classmethod
-    def _max_hold(cls, v: str) -> str:
-        return _check_cadence(v, "analysis.maxHold")
+    def _max_hold(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "analysis.maxHold", info)
 
     @field_validator("warmup")
     @classmethod
@@ -305,13 +313,13 @@ class PolicySpec(_Strict):
 
     @field_validator("interval")
     @classmethod
-    def _interval(cls, v: str) -> str:
-        return _check_cadence(v, "interval")
+    def _interval(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "interval", info)
 
     @field_validator("progress_deadline")
     @classmethod
-    def _progress_deadline(cls, v: str) -> str:
-        return _check_cadence(v, "progressDeadline")
+    def _progress_deadline(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "progressDeadline", info)
 
     @model_validator(mode="after")
     def _cadence(self) -> PolicySpec:
@@ -350,7 +358,7 @@ class RolloutPolicy(_Strict):
 
 
 def spec_from_snapshot(data: dict[str, Any]) -> PolicySpec:
-    return PolicySpec.model_validate(data)
+    return PolicySpec.model_validate(data, context={_SNAPSHOT: True})
 
 
 def json_schema() -> dict[str, Any]:

@@ -192,6 +192,17 @@ def test_cadence_minimum_is_exactly_one_second_and_the_test_policies_meet_it(tmp
     PolicySpec.model_validate(FAST_POLICY)
 
 
+def test_a_snapshot_from_before_the_cadence_minimum_still_loads() -> None:
+    """A ModelRollout an older canaryd started with `every: 500ms` keeps its rollout going after an
+    upgrade (the snapshot is canaryd's own memory); only new policies must meet the minimum."""
+    old = {"interval": "800ms", "analysis": {"every": "500ms", "maxHold": "900ms"}, "progressDeadline": "1s"}
+    assert spec_from_snapshot(old).analysis.every_s == 0.5
+    with pytest.raises(ValidationError):
+        PolicySpec.model_validate(old)
+    with pytest.raises(ValidationError, match="invalid duration"):
+        spec_from_snapshot({"interval": "soon"})
+
+
 def test_a_long_bad_duration_is_not_echoed_whole() -> None:
     [(loc, msg)] = errors({"interval": "1" * 100_000 + "x"})
     assert loc == ("interval",) and "invalid duration" in msg and len(msg) < 300
