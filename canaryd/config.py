@@ -8,6 +8,7 @@ dump of the settings can be logged safely.
 from __future__ import annotations
 
 import ipaddress
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,10 +89,40 @@ class PrometheusSettings(_Section):
 
 
 class ServerSettings(_Section):
+    """The HTTP server. Its time bounds keep half-open and trickling connections from piling up (see
+    canaryd.httpserver); a connection over one is closed."""
+
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
     port_file: Path | None = Field(default=None, alias="portFile",
                                    description="write the bound port here (useful with port 0)")
+    header_timeout: str = Field(default="10s", alias="headerTimeout",
+                                description="a request's headers must be complete within this")
+    body_timeout: str = Field(default="30s", alias="bodyTimeout",
+                              description="longest pause while a request body is being received")
+    keep_alive_timeout: str = Field(default="30s", alias="keepAliveTimeout",
+                                    description="an idle connection is closed after this (whole seconds)")
+
+    @field_validator("header_timeout", "body_timeout", "keep_alive_timeout")
+    @classmethod
+    def _bound(cls, v: str) -> str:
+        seconds = parse_duration(v)
+        if not 0 < seconds <= 3600:
+            raise ValueError(f"must be a duration above 0 and at most 1h, got {v!r}")
+        return v
+
+    @property
+    def header_timeout_s(self) -> float:
+        return parse_duration(self.header_timeout)
+
+    @property
+    def body_timeout_s(self) -> float:
+        return parse_duration(self.body_timeout)
+
+    @property
+    def keep_alive_s(self) -> int:
+        """uvicorn counts keep-alive in whole seconds: rounded up, at least 1."""
+        return max(1, math.ceil(parse_duration(self.keep_alive_timeout)))
 
 
 class WebhookSettings(_Section):
@@ -101,8 +132,14 @@ class WebhookSettings(_Section):
     secret_file: Path | None = Field(default=None, alias="secretFile",
                                      description="shared secret (GitHub/Gitea HMAC, GitLab token); unset = 401")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, alias="maxBodyBytes")
-    rate_per_second: float = Field(default=5.0, gt=0, alias="ratePerSecond")
+    rate_per_second: float = Field(default=5.0, gt=0, alias="ratePerSecond",
+                                   description="token bucket of authenticated requests (a valid signature)")
     burst: int = Field(default=20, ge=1)
+    unauthenticated_rate_per_second: float = Field(
+        default=1.0, gt=0, alias="unauthenticatedRatePerSecond",
+        description="a separate token bucket for requests that fail authentication, are too large or are cut"
+                    " off: they never spend the budget of signed pushes")
+    unauthenticated_burst: int = Field(default=10, ge=1, alias="unauthenticatedBurst")
 
 
 class NotifierSettings(_Section):

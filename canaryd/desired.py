@@ -47,6 +47,19 @@ YAML_SUFFIXES = (".yaml", ".yml")
 
 Severity = Literal["error", "warning"]
 
+#: Bounds on what a commit's config errors may cost. Errors are kept (the daemon holds the last commit's
+#: set, logs each once, puts them in Events and `canaryd validate` prints them) and a hostile or broken
+#: file could otherwise make megabytes of them: a 1 MB value quoted in a message, or 50,000 nodes that
+#: are each wrong. Values quoted in messages are cut much shorter still (canaryd.yamlsafe.short).
+MAX_ERROR_MESSAGE_CHARS = 1000
+MAX_ERROR_FIELD_CHARS = 200
+MAX_ERROR_FILE_CHARS = 300
+#: Errors kept per file and per commit; the rest become one "... and N more" line.
+MAX_ERRORS_PER_FILE = 20
+MAX_ERRORS = 500
+#: Reasons kept per blocked service (the rest are counted).
+MAX_BLOCK_REASONS = 5
+
 
 class ServiceKey(NamedTuple):
     namespace: str
@@ -67,6 +80,12 @@ class DocError:
     service: ServiceKey | None = None
     severity: Severity = "error"
 
+    def __post_init__(self) -> None:
+        # Every config error passes here, so this is where its size is bounded (see MAX_ERROR_*).
+        object.__setattr__(self, "file", clip(self.file, MAX_ERROR_FILE_CHARS))
+        object.__setattr__(self, "field", clip(self.field, MAX_ERROR_FIELD_CHARS))
+        object.__setattr__(self, "message", clip(self.message, MAX_ERROR_MESSAGE_CHARS))
+
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
 
@@ -84,8 +103,19 @@ class DesiredService:
 @dataclass(frozen=True)
 class DesiredSet:
     services: dict[ServiceKey, DesiredService]
-    errors: list[DocError]  # errors and warnings, sorted by file and line
+    errors: list[DocError]  # errors and warnings, sorted by file and line (capped: see cap_errors)
     blocked: dict[ServiceKey, str]  # in Git but not to be rolled out now: why
+    #: How many errors and warnings there were before `errors` was capped (None: not capped).
+    counts: tuple[int, int] | None = None
+
+    @property
+    def problem_count(self) -> int:
+        """Errors found, including those left out of `errors` (for the metric and summaries)."""
+        return self.counts[0] if self.counts is not None else len(self.problems)
+
+    @property
+    def warning_count(self) -> int:
+        return self.counts[1] if self.counts is not None else len(self.warnings)
 
     @property
     def problems(self) -> list[DocError]:
@@ -106,6 +136,55 @@ class DesiredSet:
         """True when every error names its service, so a service absent from `services` and `blocked`
         really left Git (a file lost to a YAML error may have held services nobody can name)."""
         return all(e.service is not None for e in self.problems)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text`, cut to `limit` characters with an ellipsis that says how much was left out."""
+    if len(text) <= limit:
+        return text
+    marker = f"... ({len(text) - limit} more characters)"
+    return text[: max(0, limit - len(marker))] + marker
+
+
+def cap_errors(errors: list[DocError]) -> list[DocError]:
+    """At most MAX_ERRORS_PER_FILE errors per file and MAX_ERRORS in all (sorted by file and line); what is
+    left out becomes one summary line per file (and one for the rest of the repo).
+
+    A summary keeps what the daemon decides on: its severity is "error" if any error it stands for is,
+    and it names a service only if all of those name the same one (otherwise none, so the set is not
+    prune-safe: a left-out error may have been the only trace of a service that is still in Git).
+    """
+    out: list[DocError] = []
+    dropped: list[DocError] = []
+    by_file: dict[str, list[DocError]] = defaultdict(list)
+    for e in errors:
+        by_file[e.file].append(e)
+    for file, errs in by_file.items():
+        room = max(0, min(MAX_ERRORS_PER_FILE, MAX_ERRORS - len(out)))
+        out.extend(errs[:room])
+        rest = errs[room:]
+        if rest and len(out) < MAX_ERRORS:
+            out.append(_summary(file, rest[0].line, rest, "in this file"))
+        else:
+            dropped.extend(rest)
+    if dropped:
+        files = len({e.file for e in dropped})
+        out.append(_summary(dropped[0].file, dropped[0].line, dropped, f"in {files} file(s) from here on"))
+    return out
+
+
+def _summary(file: str, line: int, rest: list[DocError], where: str) -> DocError:
+    errors = [e for e in rest if e.severity == "error"]
+    services = {e.service for e in (errors or rest)}
+    service = services.pop() if len(services) == 1 else None
+    kinds = f"{len(errors)} error(s), {len(rest) - len(errors)} warning(s)" if errors else f"{len(rest)} warning(s)"
+    return DocError(file, line, "(more)", f"... and {len(rest)} more problems {where} ({kinds}) not shown",
+                    service, "error" if errors else "warning")
+
+
+def _some(reasons: list[str], limit: int = 3) -> str:
+    shown = "; ".join(reasons[:limit])
+    return shown + (f"; ... and {len(reasons) - limit} more" if len(reasons) > limit else "")
 
 
 class PolicyFileError(ValueError):
@@ -375,7 +454,7 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         path = tuple(p for p in err["loc"] if isinstance(p, str | int))
         msg = str(err["msg"])
         if err["type"] == "extra_forbidden" and path:
-            msg = f"unknown field {path[-1]!r}"
+            msg = f"unknown field {short(path[-1])}"
             close = get_close_matches(str(path[-1]), _KNOWN_FIELDS, n=1)
             if close:
                 msg += f" (did you mean {close[0]!r}?)"
@@ -457,6 +536,7 @@ class _Builder:
     namespaces: frozenset[str] | None
     errors: list[DocError] = field(default_factory=list)
     blocked: dict[ServiceKey, list[str]] = field(default_factory=lambda: defaultdict(list))
+    blocked_more: dict[ServiceKey, int] = field(default_factory=lambda: defaultdict(int))
     isvcs: dict[ServiceKey, list[_Isvc]] = field(default_factory=lambda: defaultdict(list))
     policies: dict[ServiceKey, list[_Policy]] = field(default_factory=lambda: defaultdict(list))
     named: set[ServiceKey] = field(default_factory=set)  # every InferenceService key seen, broken or not
@@ -467,8 +547,13 @@ class _Builder:
     def block(self, key: ServiceKey, reason: str) -> None:
         if not self.ours(key):
             return  # never acted on, so never "blocked" either: the daemon writes an Event for a blocked one
-        if reason not in self.blocked[key]:
-            self.blocked[key].append(reason)
+        reasons = self.blocked[key]
+        if reason in reasons:
+            return
+        if len(reasons) < MAX_BLOCK_REASONS:
+            reasons.append(clip(reason, MAX_ERROR_MESSAGE_CHARS))
+        else:
+            self.blocked_more[key] += 1
 
     def ours(self, key: ServiceKey) -> bool:
         return self.namespaces is None or key.namespace in self.namespaces
@@ -624,7 +709,7 @@ class _Builder:
             else:
                 holds = self.held_defaults.get(None, []) + self.held_defaults.get(key.namespace, [])
                 if holds:
-                    self.block(key, "; ".join(holds) + ": services without their own policy are held"
+                    self.block(key, _some(holds) + ": services without their own policy are held"
                                " (the default policy must not replace a broken one)")
                     continue
                 policy, policy_source = default_policy, "default"
@@ -633,10 +718,13 @@ class _Builder:
                 policy=policy, policy_source=policy_source, source=isvc.doc.source,
             )
         errors = sorted(self.errors, key=lambda e: (e.file, e.line, e.field, e.message))
+        n_errors = sum(1 for e in errors if e.severity == "error")
+        more = {k: f"; ... and {n} more" for k, n in self.blocked_more.items()}
         return DesiredSet(
             services=services,
-            errors=errors,
-            blocked={k: "; ".join(v) for k, v in sorted(self.blocked.items())},
+            errors=cap_errors(errors),
+            blocked={k: "; ".join(v) + more.get(k, "") for k, v in sorted(self.blocked.items())},
+            counts=(n_errors, len(errors) - n_errors),
         )
 
     def _components_ok(self, key: ServiceKey, isvc: _Isvc, pol: _Policy) -> bool:
@@ -679,7 +767,7 @@ def _policy_target_hint(data: object, default_namespace: str) -> ServiceKey | No
     spec = data.get("spec")
     target = spec.get("target") if isinstance(spec, Mapping) else None
     name = target.get("name") if isinstance(target, Mapping) else None
-    return ServiceKey(ns, name) if isinstance(name, str) and name else None
+    return ServiceKey(ns, name) if isinstance(name, str) and 0 < len(name) <= 253 else None
 
 
 def load_desired(

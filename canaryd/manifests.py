@@ -132,8 +132,8 @@ def key_hint(doc: object, default_namespace: str) -> tuple[str, str] | None:
     if not isinstance(meta, Mapping):
         return None
     name, ns = meta.get("name"), meta.get("namespace")
-    if not isinstance(name, str) or not name:
-        return None
+    if not isinstance(name, str) or not name or len(name) > 253:
+        return None  # longer than any Kubernetes object name: no such service (and no megabyte keys)
     if ns is None:
         return (default_namespace, name)
     if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
@@ -163,7 +163,7 @@ def normalise_isvc(doc: Mapping[str, Any], default_namespace: str) -> dict[str, 
     elif len(name) > 63 or not _ISVC_NAME.match(name):
         problems.append(Problem(
             ("metadata", "name"),
-            f"{name!r} is not a valid InferenceService name: at most 63 lower case letters, digits"
+            f"{short(name)} is not a valid InferenceService name: at most 63 lower case letters, digits"
             " or '-', starting with a letter and ending with a letter or digit",
         ))
     namespace = meta.get("namespace", default_namespace)
@@ -171,7 +171,7 @@ def normalise_isvc(doc: Mapping[str, Any], default_namespace: str) -> dict[str, 
         namespace = default_namespace
     if not isinstance(namespace, str) or len(namespace) > 63 or not _DNS1123_LABEL.match(namespace):
         problems.append(Problem(
-            ("metadata", "namespace"), f"{namespace!r} is not a valid namespace (DNS-1123 label)"
+            ("metadata", "namespace"), f"{short(namespace)} is not a valid namespace (DNS-1123 label)"
         ))
     labels = _string_map(meta.get("labels"), ("metadata", "labels"), problems)
     annotations = _string_map(meta.get("annotations"), ("metadata", "annotations"), problems)
@@ -180,7 +180,7 @@ def normalise_isvc(doc: Mapping[str, Any], default_namespace: str) -> dict[str, 
     if mode is not None and mode not in CANARY_CAPABLE_MODES:
         problems.append(Problem(
             ("metadata", "annotations", DEPLOYMENT_MODE_ANNOTATION),
-            f"deployment mode {mode!r} cannot be canaried: KServe splits traffic only in Serverless"
+            f"deployment mode {short(mode)} cannot be canaried: KServe splits traffic only in Serverless"
             " (Knative) mode, so canaryd refuses to roll this service out",
         ))
 
@@ -244,7 +244,7 @@ def unknown_keys(mapping: Mapping[Any, Any], allowed: frozenset[str], where: Pat
         if key not in allowed:
             close = get_close_matches(str(key), sorted(allowed), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            out.append(Problem((*where, str(key)), f"unknown field {key!r}{hint}"))
+            out.append(Problem((*where, str(key)), f"unknown field {short(key)}{hint}"))
     return out
 
 
@@ -300,7 +300,7 @@ def _string_map(value: object, field: Path, problems: list[Problem]) -> dict[str
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            problems.append(Problem((*field, str(k)), f"keys and values must be strings (quote {v!r})"))
+            problems.append(Problem((*field, str(k)), f"keys and values must be strings (quote {short(v)})"))
         else:
             out[k] = v
     return out

@@ -11,9 +11,10 @@ import json
 from itertools import pairwise
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from canaryd.durations import parse_duration
+from canaryd.yamlsafe import short
 
 API_VERSION = "canaryd.io/v1alpha1"
 KIND = "RolloutPolicy"
@@ -32,14 +33,35 @@ class _Strict(BaseModel):
 #: The longest duration a policy may give (365d). Far longer ones (`99999999d`) validated, then overflowed
 #: the engine's date arithmetic at every tick.
 MAX_DURATION_S = 365 * 86400.0
+#: The shortest `interval`, `progressDeadline`, `analysis.every` and `analysis.maxHold`. Each analysis is a
+#: ModelRollout write and a batch of Prometheus queries, so `every: 1ms` asked for a thousand of each per
+#: second per service; and Prometheus scrapes every few seconds, so sub-second analyses see nothing new.
+MIN_CADENCE_S = 1.0
+#: Validation context key of a stored policy snapshot (see _check_cadence).
+_SNAPSHOT = "snapshot"
+
+
+def _check_cadence(value: str, field: str, info: ValidationInfo) -> str:
+    """A duration that paces reconciling (see MIN_CADENCE_S): positive, at most 365d, at least 1s.
+
+    Not the minimum for a snapshot (`spec_from_snapshot`): a rollout that an older canaryd started under
+    a shorter cadence must still be able to finish (or roll back) after an upgrade, not fail every tick.
+    """
+    _check_duration(value)
+    if isinstance(info.context, dict) and info.context.get(_SNAPSHOT):
+        return value
+    if parse_duration(value) < MIN_CADENCE_S:
+        raise ValueError(f"{field} {short(value)} is shorter than the minimum of 1s: every analysis writes the"
+                         " ModelRollout and queries Prometheus, which scrapes every few seconds anyway")
+    return value
 
 
 def _check_duration(value: str, *, allow_zero: bool = False) -> str:
     seconds = parse_duration(value)
     if seconds <= 0 and not allow_zero:
-        raise ValueError(f"duration {value!r} must be greater than zero")
+        raise ValueError(f"duration {short(value)} must be greater than zero")
     if seconds > MAX_DURATION_S:
-        raise ValueError(f"duration {value!r} is longer than the limit of 365d")
+        raise ValueError(f"duration {short(value)} is longer than the limit of 365d")
     return value
 
 
@@ -194,10 +216,15 @@ class Analysis(_Strict):
             raise ValueError("metrics: threshold mode needs at least one metric")
         return self
 
-    @field_validator("every", "max_hold")
+    @field_validator("every")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        return _check_duration(v)
+    def _every(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "analysis.every", info)
+
+    @field_validator("max_hold")
+    @classmethod
+    def _max_hold(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "analysis.maxHold", info)
 
     @field_validator("warmup")
     @classmethod
@@ -302,10 +329,15 @@ class PolicySpec(_Strict):
             raise ValueError(f"steps must increase strictly, got {v}")
         return v
 
-    @field_validator("interval", "progress_deadline")
+    @field_validator("interval")
     @classmethod
-    def _duration(cls, v: str) -> str:
-        return _check_duration(v)
+    def _interval(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "interval", info)
+
+    @field_validator("progress_deadline")
+    @classmethod
+    def _progress_deadline(cls, v: str, info: ValidationInfo) -> str:
+        return _check_cadence(v, "progressDeadline", info)
 
     @model_validator(mode="after")
     def _cadence(self) -> PolicySpec:
@@ -344,7 +376,7 @@ class RolloutPolicy(_Strict):
 
 
 def spec_from_snapshot(data: dict[str, Any]) -> PolicySpec:
-    return PolicySpec.model_validate(data)
+    return PolicySpec.model_validate(data, context={_SNAPSHOT: True})
 
 
 def json_schema() -> dict[str, Any]:

@@ -81,7 +81,7 @@ def run_validate(
     for line in report.warnings:
         print(f"warning: {line}", file=stream)
     n_services = len(report.desired.services)
-    summary = (f"{len(report.errors)} error(s), {len(report.warnings)} warning(s); "
+    summary = (f"{report.desired.problem_count} error(s), {report.desired.warning_count} warning(s); "
                f"{n_services} service(s) ready to roll out")
     if report.desired.blocked:
         summary += f", {len(report.desired.blocked)} blocked"

@@ -60,6 +60,29 @@ def default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+class ReportedOnce:
+    """What was already reported (logged, put in an Event) for the current commit, so a poll that finds
+    the same commit does not repeat it. Only the newest commit's markers are kept: a new commit reports
+    its own problems afresh, and the set never grows with the history of the repo (it held every error
+    text of every commit before, for the life of the process)."""
+
+    def __init__(self) -> None:
+        self.commit: str | None = None
+        self._seen: set[str] = set()
+
+    def first(self, commit: str, marker: str) -> bool:
+        """True the first time `marker` is seen for `commit` (which forgets every other commit's)."""
+        if commit != self.commit:
+            self.commit, self._seen = commit, set()
+        if marker in self._seen:
+            return False
+        self._seen.add(marker)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -134,7 +157,7 @@ class Daemon:
         # A sync costs what changed: unchanged files are not parsed again, an unchanged commit not read again.
         self.parse_cache = ParsedFileCache()
         self._loaded: tuple[str, DesiredSet] | None = None
-        self._reported: set[str] = set()
+        self._reported = ReportedOnce()
         self._synced = False
         self._prune_safe = False
         self._api_ok_at: float | None = None
@@ -150,6 +173,8 @@ class Daemon:
                      branch=settings.repo.branch, on_push=self.request_sync,
                      webhook_requests=self.metrics.webhook_requests, role=self._role),
             host=settings.server.host, port=settings.server.port, name="canaryd-http",
+            header_timeout_s=settings.server.header_timeout_s, body_timeout_s=settings.server.body_timeout_s,
+            keep_alive_s=settings.server.keep_alive_s,
         )
 
     # -- health ----------------------------------------------------------------------------------
@@ -222,20 +247,16 @@ class Daemon:
                 # Over a repo-wide limit found while parsing (the node budget): like a failed sync. Taking
                 # the empty set would read as "every service left Git" and abort every canary in flight.
                 self.metrics.syncs.labels("error").inc()
-                self.metrics.config_errors.set(len(ds.problems))
-                marker = f"{result.commit}:refused"
-                if marker not in self._reported:
-                    self._reported.add(marker)
+                self.metrics.config_errors.set(ds.problem_count)
+                if self._reported.first(result.commit, "refused"):
                     log.error("config repo commit refused; keeping the last good desired state",
                               extra={"commit": result.commit, "problem": str(ds.refused)})
                 return
             self.metrics.syncs.labels("ok").inc()
             self.metrics.last_sync.set(time.time())
-            self.metrics.config_errors.set(len(ds.problems))
+            self.metrics.config_errors.set(ds.problem_count)
             for err in ds.errors:
-                marker = f"{result.commit}:{err}"
-                if marker not in self._reported:
-                    self._reported.add(marker)
+                if self._reported.first(result.commit, str(err)):
                     (log.error if err.severity == "error" else log.warning)(
                         "config repo problem", extra={"commit": result.commit, "problem": str(err),
                                                       "service": str(err.service) if err.service else None})
@@ -243,9 +264,7 @@ class Daemon:
             for key, why in ds.blocked.items():
                 if key in self.desired:
                     new[key] = self.desired[key]  # a broken document keeps the last good desired state
-                marker = f"{result.commit}:blocked:{key}"
-                if marker not in self._reported:
-                    self._reported.add(marker)
+                if self._reported.first(result.commit, f"blocked:{key}"):
                     log.error("service not rolled out", extra={"service": str(key), "reason": why})
                     self._warn_service(key, why)
             changed = {k for k in new.keys() | self.desired.keys()

@@ -2,9 +2,15 @@
 
 The decision (which provider, is the signature right, is it a push to our branch) is the pure function
 `judge`, so every provider's rules are a table in the unit tests; `GitWebhook` is the thin endpoint around
-it that rate-limits, caps the body, reads the secret file and counts. A push only *requests* a sync (the
-scheduler coalesces bursts into one pending sync and the sync reads Git itself), so the payload is never
-trusted for content and a replayed delivery is harmless.
+it that rate-limits, caps the body, reads the secret file and counts.
+
+Rate limits come after authentication: requests that prove the secret spend one token bucket, everything
+else (no or a wrong signature, a body over the cap, a client gone mid-body) spends another. A flood of
+unsigned requests therefore runs out of its own budget (429, logged at debug only) and a genuine push is
+still served. A request without any signature header is refused before its body is read.
+
+A push only *requests* a sync (the scheduler coalesces bursts into one pending sync and the sync reads
+Git itself), so the payload is never trusted for content and a replayed delivery is harmless.
 
 Nothing here logs or returns the secret or a signature header: rejections say which check failed and
 carry the delivery id, which is what an operator needs to match the provider's delivery log.
@@ -41,6 +47,8 @@ _EVENT_HEADER = {GITHUB: "x-github-event", GITLAB: "x-gitlab-event", GITEA: "x-g
 _PUSH_EVENT = {GITHUB: "push", GITLAB: "Push Hook", GITEA: "push"}
 #: Where each provider puts its delivery id (safe to log; lets an operator find the delivery).
 _DELIVERY_HEADER = {GITHUB: "x-github-delivery", GITLAB: "x-gitlab-event-uuid", GITEA: "x-gitea-delivery"}
+#: The header that carries each provider's proof of the secret.
+_CREDENTIAL_HEADER = {GITHUB: "x-hub-signature-256", GITLAB: "x-gitlab-token", GITEA: "x-gitea-signature"}
 
 UNAUTHORIZED_BODY = {"error": "unauthorized: webhook signature missing or invalid"}
 
@@ -68,6 +76,13 @@ def detect_provider(headers: Mapping[str, str]) -> str:
     if "x-github-event" in h or "x-hub-signature-256" in h:
         return GITHUB
     return UNKNOWN
+
+
+def has_credential(provider: str, headers: Mapping[str, str]) -> bool:
+    """Whether the request carries the provider's signature (or token) header at all; without one the
+    request is refused without reading its body."""
+    header = _CREDENTIAL_HEADER.get(provider)
+    return header is not None and header in _lower(headers)
 
 
 def check_signature(provider: str, headers: Mapping[str, str], body: bytes, secret: bytes) -> str | None:
@@ -222,11 +237,33 @@ class GitWebhook:
         self.on_push = on_push
         self.requests = requests
         self.bucket = TokenBucket(settings.rate_per_second, settings.burst, clock)
+        self.unauthenticated = TokenBucket(settings.unauthenticated_rate_per_second,
+                                           settings.unauthenticated_burst, clock)
         self.secret = SecretFile(settings.secret_file)
 
     def _count(self, provider: str, result: str) -> None:
         if self.requests is not None:
             self.requests.labels(provider, result).inc()
+
+    def _limited(self, bucket: TokenBucket, provider: str, remote: str | None) -> Response | None:
+        """429 with Retry-After if `bucket` is empty, else None (a token was taken)."""
+        wait = bucket.take()
+        if wait <= 0:
+            return None
+        self._count(provider, "rate_limited")
+        # debug, not warning: a flood must not turn into a flood of log lines (the metric counts it)
+        log.debug("webhook rate-limited", extra={"provider": provider, "remote": remote,
+                                                 "authenticated": bucket is self.bucket})
+        return JSONResponse({"error": "rate limited"}, status_code=429,
+                            headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+    def _unauthorized(self, outcome: Outcome, remote: str | None) -> Response:
+        limited = self._limited(self.unauthenticated, outcome.provider, remote)
+        if limited is not None:
+            return limited
+        log.warning("webhook rejected (401)", extra={**outcome.fields, "remote": remote, "reason": outcome.reason})
+        self._count(outcome.provider, outcome.result)
+        return JSONResponse(outcome.body, status_code=outcome.status)
 
     async def handle(self, request: Request) -> Response:
         provider = detect_provider(request.headers)
@@ -234,31 +271,37 @@ class GitWebhook:
         if not self.settings.enabled:
             self._count(provider, "disabled")
             return JSONResponse({"error": "webhook disabled (webhook.enabled: false)"}, status_code=404)
-        wait = self.bucket.take()
-        if wait > 0:
-            self._count(provider, "rate_limited")
-            # debug, not warning: a flood must not turn into a flood of log lines (the metric counts it)
-            log.debug("webhook rate-limited", extra={"provider": provider, "remote": remote})
-            return JSONResponse({"error": "rate limited"}, status_code=429,
-                                headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        secret, problem = self.secret.read()
+        if secret is None or not has_credential(provider, request.headers):
+            # Nothing to verify: refused from the unauthenticated budget, without reading the body.
+            return self._unauthorized(judge(request.headers, b"", secret, self.branch, problem), remote)
         cap = self.settings.max_body_bytes
         try:
             body = await read_capped(request, cap)
         except ClientDisconnect:  # gone before its body arrived: nobody to answer, nothing to judge
+            limited = self._limited(self.unauthenticated, provider, remote)
+            if limited is not None:
+                return limited
             self._count(provider, "bad_request")
             log.debug("webhook client disconnected before sending its body", extra={"remote": remote})
             return Response(status_code=400)
         except BodyTooLarge:
+            limited = self._limited(self.unauthenticated, provider, remote)
+            if limited is not None:
+                return limited
             self._count(provider, "too_large")
             log.warning("webhook rejected: body too large", extra={"provider": provider, "remote": remote,
                                                                    "max_body_bytes": cap})
             return JSONResponse({"error": f"body larger than {cap} bytes"}, status_code=413)
-        secret, problem = self.secret.read()
         outcome = judge(request.headers, body, secret, self.branch, problem)
-        extra = {**outcome.fields, "remote": remote, "reason": outcome.reason}
         if outcome.status == 401:
-            log.warning("webhook rejected (401)", extra=extra)
-        elif outcome.status >= 400:
+            return self._unauthorized(outcome, remote)
+        # Authenticated: only now is the (signed pushes') bucket spent.
+        limited = self._limited(self.bucket, outcome.provider, remote)
+        if limited is not None:
+            return limited
+        extra = {**outcome.fields, "remote": remote, "reason": outcome.reason}
+        if outcome.status >= 400:
             log.warning(f"webhook rejected ({outcome.status})", extra=extra)
         elif outcome.sync:
             try:

@@ -368,6 +368,8 @@ def test_pod_anti_affinity_presets() -> None:
     ({"repo": {"token": {"value": "hunter2"}}}, "/repo/token"),
     ({"webhook": {"secret": {"value": "hunter2"}}}, "/webhook/secret"),
     ({"webhook": {"ratePerSecond": 0}}, "/webhook/ratePerSecond"),
+    ({"webhook": {"unauthenticatedRatePerSecond": 0}}, "/webhook/unauthenticatedRatePerSecond"),
+    ({"webhook": {"unauthenticatedBurst": 0}}, "/webhook/unauthenticatedBurst"),
     ({"logLevel": "verbose"}, "/logLevel"),
     ({"workers": 0}, "/workers"),
     ({"prometheus": {"profile": "datadog"}}, "/prometheus/profile"),

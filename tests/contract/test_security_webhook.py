@@ -84,7 +84,8 @@ def secret_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def hook(secret_file: Path) -> Iterator[Hook]:
-    h = start(secret_file, maxBodyBytes=4096, ratePerSecond=1000, burst=1000)
+    h = start(secret_file, maxBodyBytes=4096, ratePerSecond=1000, burst=1000, unauthenticatedRatePerSecond=1000,
+              unauthenticatedBurst=1000)
     yield h
     h.server.stop()
 
@@ -157,25 +158,26 @@ def _raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 5.0
     return int(data.split(b" ", 2)[1]), time.monotonic() - started
 
 
-def test_rate_limit_answers_before_the_body_arrives(secret_file: Path) -> None:
-    """With the bucket empty, a request announcing 10 MB that never sends them is answered at once: the
-    endpoint does not wait for (or read) a body it is going to refuse."""
-    h = start(secret_file, ratePerSecond=0.01, burst=1)
+def test_unsigned_requests_are_answered_before_the_body_arrives(secret_file: Path) -> None:
+    """A request without a signature header that announces 10 MB and never sends them is answered at once
+    (401, then 429 once the unauthenticated budget is spent): the endpoint does not wait for (or read) a
+    body it is going to refuse."""
+    h = start(secret_file, ratePerSecond=0.01, burst=1, unauthenticatedRatePerSecond=0.01, unauthenticatedBurst=1)
     try:
         assert httpx.post(h.url, content=PUSH, headers=github(PUSH), timeout=5).status_code == 202
         head = (b"POST /hooks/git HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: push\r\n"
                 b"Content-Length: 10000000\r\n\r\n")
-        status, took = _raw_request(h.server.port, head)
-        assert status == 429 and took < 3
+        assert [(status, took < 3) for status, took in (_raw_request(h.server.port, head) for _ in range(2))] \
+            == [(401, True), (429, True)]
     finally:
         h.server.stop()
 
 
 def test_size_cap_comes_before_the_signature_and_stops_reading(hook: Hook) -> None:
-    """An unsigned body over the cap is 413 (not 401, which would first need the whole body for the HMAC),
-    both when Content-Length says so and when a chunked body only turns out too large on the way."""
+    """A signed-looking body over the cap is 413 (not 401, which would first need the whole body for the
+    HMAC), both when Content-Length says so and when a chunked body only turns out too large on the way."""
     head = (b"POST /hooks/git HTTP/1.1\r\nHost: 127.0.0.1\r\nX-GitHub-Event: push\r\n"
-            b"Content-Length: 10000000\r\n\r\n")
+            b"X-Hub-Signature-256: sha256=00\r\nContent-Length: 10000000\r\n\r\n")
     status, took = _raw_request(hook.server.port, head)
     assert status == 413 and took < 3
 
@@ -183,7 +185,8 @@ def test_size_cap_comes_before_the_signature_and_stops_reading(hook: Hook) -> No
         for _ in range(100):  # 100 x 1 KiB, no Content-Length: cut off after the first 4 KiB
             yield b"x" * 1024
 
-    r = httpx.post(hook.url, content=chunks(), headers={"X-GitHub-Event": "push"}, timeout=5)
+    r = httpx.post(hook.url, content=chunks(), headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=00"},
+                   timeout=5)
     assert (r.status_code, r.json()) == (413, {"error": "body larger than 4096 bytes"})
     assert hook.pushes == []
     assert 'result="too_large"} 2.0' in hook.metrics()

@@ -3,6 +3,7 @@ service whose policy is broken is blocked, never given the default policy."""
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from canaryd.desired import (
+    MAX_ERRORS,
+    MAX_ERRORS_PER_FILE,
     MAX_FILE_BYTES,
     DesiredSet,
     PolicyFileError,
@@ -21,6 +24,7 @@ from canaryd.desired import (
 )
 from canaryd.manifests import spec_hash
 from canaryd.policy import PolicySpec
+from canaryd.validate import run_validate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -455,3 +459,65 @@ def test_policy_file_with_target_or_errors_is_refused(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(IRIS)
     with pytest.raises(PolicyFileError, match="exactly one RolloutPolicy"):
         load_policy_file(tmp_path / "r.yaml")
+
+
+# -- issue 13 item 6: bounded config errors -------------------------------------------------------------
+
+
+def _isvc(name: str, labels: str) -> str:
+    return IRIS.replace("name: iris", f"name: {name}").replace("  namespace: models\n",
+                                                               f"  namespace: models\n  labels: {labels}\n")
+
+
+def test_regression_config_error_texts_were_unbounded(tmp_path: Path) -> None:
+    """Issue 13 item 6: values were quoted whole in error messages (a 900 KB label value made a 900 KB
+    error, kept, logged and copied into the blocked reason), and a file with thousands of wrong values
+    made thousands of errors. Each error is now bounded, and so is their number per file and commit."""
+    huge = "x" * 900_000
+    files = {
+        "a-label.yaml": _isvc("iris", f'{{team: ["{huge}"]}}'),
+        "b-name.yaml": IRIS.replace("name: iris", f"name: {huge}"),
+        "c-key.yaml": WINE.replace("metadata:\n", f"metadata:\n  ? {huge}\n  : 1\n", 1),  # explicit: YAML caps
+        # implicit keys at 1024 characters
+        "d-many.yaml": _isvc("many", "{" + ", ".join(f"k{i}: {i}" for i in range(5000)) + "}"),
+        "e-policy.yaml": policy("iris", body=f"steps: [10, 20]\n? {huge}\n: 1"),
+    }
+    ds = load(tmp_path, files)
+    texts = [str(e) for e in ds.errors] + list(ds.blocked.values())
+    assert max(len(t) for t in texts) <= 1600, max(len(t) for t in texts)
+    assert sum(len(t) for t in texts) < 100_000, sum(len(t) for t in texts)  # was several MB
+    many = [e for e in ds.errors if e.file == "d-many.yaml"]
+    assert len(many) == MAX_ERRORS_PER_FILE + 1
+    assert "... and 4980 more problems in this file" in many[-1].message
+    assert many[-1].service == ServiceKey("models", "many") and many[-1].severity == "error"
+    assert ds.problem_count >= 5000  # counted in full
+    # (a 900 KB name names no service: Kubernetes names are at most 253 characters)
+    assert set(ds.blocked) == {IRIS_KEY, WINE_KEY, ServiceKey("models", "many")}
+    assert load(tmp_path / "m", {"d-many.yaml": files["d-many.yaml"]}).prune_safe  # capping changed no decision
+    out = io.StringIO()
+    assert run_validate(tree(tmp_path / "v", files), out=out) == 1
+    assert len(out.getvalue()) < 100_000 and f"{ds.problem_count} error(s)" in out.getvalue()
+
+
+def test_errors_are_capped_per_commit_too(tmp_path: Path) -> None:
+    files = {f"f{i:03}.yaml": _isvc(f"s{i}", "{" + ", ".join(f"k{j}: {j}" for j in range(30)) + "}")
+             for i in range(40)}
+    ds = load(tmp_path, files)
+    assert len(ds.errors) <= MAX_ERRORS + 1 and ds.problem_count == 40 * 30
+    last = ds.errors[-1]
+    assert last.field == "(more)" and "file(s) from here on" in last.message
+    assert last.service is None and not ds.prune_safe  # left-out errors of several services: no pruning
+
+
+def test_regression_reported_markers_of_old_commits_were_kept_forever() -> None:
+    """The daemon kept a marker (holding the whole error text) for every error of every commit it ever
+    saw; now only the current commit's are kept, and a commit's problems are reported once per commit."""
+    from canaryd.daemon.runner import ReportedOnce
+
+    seen = ReportedOnce()
+    for commit in range(1000):
+        for err in range(20):
+            assert seen.first(f"c{commit}", f"error {err}")
+            assert not seen.first(f"c{commit}", f"error {err}")
+    assert len(seen) == 20
+    assert seen.first("c0", "error 0")  # an old commit checked out again is reported again

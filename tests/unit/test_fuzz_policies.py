@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from canaryd.desired import DesiredSet, ServiceKey, load_desired
 from canaryd.durations import parse_duration
 from canaryd.manifests import render_path
+from canaryd.policy import MIN_CADENCE_S
 from tests.unit.fuzz_support import FuzzPath, delete_at, dump, get_at, set_at
 
 BAD_FILE = "policies/iris.yaml"
@@ -190,17 +191,18 @@ not_mapping = st.one_of(st.integers(), st.text(max_size=8), st.lists(st.integers
 key_text = st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyzABCDEFXYZ0123456789_-."), min_size=1, max_size=16)
 
 
-def _bad_durations(non_zero: bool) -> st.SearchStrategy[str]:
+def _bad_durations(non_zero: bool, minimum_s: float = 0.0) -> st.SearchStrategy[str]:
     def bad(text: str) -> bool:
         try:
             seconds = parse_duration(text)
         except ValueError:
             return True
-        return (non_zero and seconds <= 0) or seconds > 365 * 86400
+        return (non_zero and seconds <= 0) or seconds < minimum_s or seconds > 365 * 86400
 
     return st.one_of(
         st.text(st.sampled_from("0123456789smhdx .-+"), max_size=8),
-        st.sampled_from(["1 minute", "10", "-5s", "5 s", "1m1x", "0s", "0ms", "400d", "99999999999d", "1h-1m"]),
+        st.sampled_from(["1 minute", "10", "-5s", "5 s", "1m1x", "0s", "0ms", "400d", "99999999999d", "1h-1m",
+                         "1ms", "999ms", "0.5s"]),
     ).filter(bad)
 
 
@@ -236,11 +238,11 @@ def out_of_range() -> st.SearchStrategy[Fault]:
         _range((*S, "toleratedErrorRatio"), st.floats(min_value=2, max_value=1e6), owner=S, word="toleratedErrorRatio"),
         _range((*S, "latencyQuantile"), st.floats().filter(lambda q: not 0 < q < 1)),
         _range((*S, "minLatencyRatio"), st.floats().filter(lambda x: not 1 < x <= 100)),
-        _range(("spec", "interval"), _bad_durations(True)),
-        _range(("spec", "progressDeadline"), _bad_durations(True)),
-        _range((*A, "every"), _bad_durations(True)),
+        _range(("spec", "interval"), _bad_durations(True, MIN_CADENCE_S)),
+        _range(("spec", "progressDeadline"), _bad_durations(True, MIN_CADENCE_S)),
+        _range((*A, "every"), _bad_durations(True, MIN_CADENCE_S)),
         _range((*A, "warmup"), _bad_durations(False)),
-        _range((*A, "maxHold"), _bad_durations(True)),
+        _range((*A, "maxHold"), _bad_durations(True, MIN_CADENCE_S)),
         _range((*W, "timeout"), _bad_durations(True)),
         _range((*A, "mode"), st.text(max_size=12).filter(lambda m: m not in ("threshold", "compare", "sequential"))),
         _range((*A, "onInconclusive"), st.text(max_size=10).filter(lambda m: m not in ("hold", "rollback"))),

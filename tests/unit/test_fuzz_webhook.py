@@ -225,7 +225,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ThreadedS
     pushes: list[int] = []
     reg = CollectorRegistry()
     counter = PromCounter("canaryd_webhook_requests_total", "x", ["provider", "result"], registry=reg)
-    settings_ = WebhookSettings(secretFile=secret, maxBodyBytes=1 << 20, ratePerSecond=10_000, burst=10_000)
+    settings_ = WebhookSettings(secretFile=secret, maxBodyBytes=1 << 20, ratePerSecond=10_000, burst=10_000,
+                                unauthenticatedRatePerSecond=10_000, unauthenticatedBurst=10_000)
     app = make_app(reg, lambda: (True, "ok"), lambda: (True, "ok"), webhook=settings_, branch=BRANCH,
                    on_push=lambda: pushes.append(1), webhook_requests=counter)
     with ThreadedServer(app) as srv:
@@ -284,7 +285,9 @@ def test_regression_client_that_disconnects_mid_body_is_not_an_asgi_exception(
     srv, _ = server
     try:
         with socket.create_connection((srv.host, srv.port), timeout=5) as sock:
+            # signed-looking (an unsigned request is refused without reading its body at all)
             sock.sendall(b"POST /hooks/git HTTP/1.1\r\nHost: x\r\nX-GitHub-Event: push\r\n"
+                         b"X-Hub-Signature-256: sha256=00\r\n"
                          b'Content-Length: 1000\r\n\r\n{"ref": "refs/he')
         deadline = time.monotonic() + 10
         while not any("disconnected before sending its body" in r.getMessage() for r in caplog.records):

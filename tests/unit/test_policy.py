@@ -164,6 +164,50 @@ def test_field_rules(data: dict[str, Any], loc: tuple[Any, ...], message: str) -
     assert any(where == loc and message in msg for where, msg in found), found
 
 
+@pytest.mark.parametrize(
+    ("data", "loc", "field"),
+    [
+        ({"interval": "1ms", "analysis": {"every": "1ms"}}, ("interval",), "interval"),
+        ({"analysis": {"every": "1ms"}}, ("analysis", "every"), "analysis.every"),
+        ({"analysis": {"every": "999ms"}}, ("analysis", "every"), "analysis.every"),
+        ({"progressDeadline": "0.5s"}, ("progressDeadline",), "progressDeadline"),
+        ({"analysis": {"maxHold": "10ms"}}, ("analysis", "maxHold"), "analysis.maxHold"),
+    ],
+)
+def test_regression_interval_of_1ms_accepted(data: dict[str, Any], loc: tuple[Any, ...], field: str) -> None:
+    """Issue 13 item 6: `interval`/`analysis.every` took 1ms, i.e. a ModelRollout write and a batch of
+    Prometheus queries per millisecond per service. They (and the other pacing durations) need >= 1s, and
+    the message names the field."""
+    found = errors(data)
+    assert any(where == loc and field in msg and "minimum of 1s" in msg for where, msg in found), found
+
+
+def test_cadence_minimum_is_exactly_one_second_and_the_test_policies_meet_it(tmp_path: Path) -> None:
+    p = PolicySpec.model_validate({"interval": "1s", "progressDeadline": "1s",
+                                   "analysis": {"every": "1s", "maxHold": "1000ms", "warmup": "1ms"}})
+    assert p.interval_s == p.analysis.every_s == p.progress_deadline_s == p.analysis.max_hold_s == 1.0
+    from tests.e2e.helpers import FAST_POLICY
+
+    # (policies/ is checked by test_json_schema_is_strict_and_accepts_the_shipped_policies)
+    PolicySpec.model_validate(FAST_POLICY)
+
+
+def test_a_snapshot_from_before_the_cadence_minimum_still_loads() -> None:
+    """A ModelRollout an older canaryd started with `every: 500ms` keeps its rollout going after an
+    upgrade (the snapshot is canaryd's own memory); only new policies must meet the minimum."""
+    old = {"interval": "800ms", "analysis": {"every": "500ms", "maxHold": "900ms"}, "progressDeadline": "1s"}
+    assert spec_from_snapshot(old).analysis.every_s == 0.5
+    with pytest.raises(ValidationError):
+        PolicySpec.model_validate(old)
+    with pytest.raises(ValidationError, match="invalid duration"):
+        spec_from_snapshot({"interval": "soon"})
+
+
+def test_a_long_bad_duration_is_not_echoed_whole() -> None:
+    [(loc, msg)] = errors({"interval": "1" * 100_000 + "x"})
+    assert loc == ("interval",) and "invalid duration" in msg and len(msg) < 300
+
+
 def test_warmup_may_be_zero_and_every_may_equal_interval() -> None:
     p = PolicySpec.model_validate({"interval": "10s", "analysis": {"every": "10s", "warmup": "0s"}})
     assert p.analysis.warmup_s == 0 and p.analysis.every_s == p.interval_s

@@ -289,6 +289,34 @@ def test_endpoint_rate_limits_with_retry_after(secret_file: Path) -> None:
         srv.stop()
 
 
+def test_regression_unsigned_requests_locked_out_genuine_pushes(secret_file: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 13 item 6: the token bucket was spent before authentication, so a flood of unsigned (or
+    wrongly signed) requests emptied it and every genuine push got 429 until it refilled. Now unsigned
+    requests spend a budget of their own and signed pushes are still served."""
+    pushes = Pushes()
+    caplog.set_level(logging.DEBUG, "canaryd.webhook")
+    settings = WebhookSettings(secretFile=secret_file, ratePerSecond=0.01, burst=3,
+                               unauthenticatedRatePerSecond=0.01, unauthenticatedBurst=5)
+    srv, reg = serve(settings, pushes)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=5) as c:
+            floods = [{"X-GitHub-Event": "push"}, github(BODY, sig=gh_sig(BODY, b"guessed")),
+                      {"Content-Type": "application/json"}]
+            codes = [c.post("/hooks/git", content=BODY, headers=floods[i % 3]).status_code for i in range(40)]
+            answers = [c.post("/hooks/git", content=BODY, headers=github(BODY)) for _ in range(3)]
+            assert [r.status_code for r in answers] == [202, 202, 202]  # genuine pushes get through ...
+            assert codes == [401] * 5 + [429] * 35  # ... and the flood ran out of its own budget
+            assert c.post("/hooks/git", content=BODY, headers=github(BODY)).status_code == 429  # their own limit
+    finally:
+        srv.stop()
+    assert pushes.count == 3
+    metrics = generate_latest(reg).decode()
+    assert 'result="accepted"} 3.0' in metrics
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 5  # one per 401; the 429s of the flood are debug lines only
+
+
 def test_endpoint_without_secret_rejects_and_says_why(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     pushes = Pushes()
     caplog.set_level(logging.INFO, "canaryd.webhook")

@@ -211,7 +211,7 @@ The daemon's settings file (canaryd run --config FILE). Paths only, never secret
 {{- end }}
 {{- if or $p.ca.secretName $p.ca.configMapName }}{{ $_ := set $prom "caFile" (printf "%s/prometheus/ca.crt" $sec) }}{{ end }}
 {{- $w := $v.webhook -}}
-{{- $hook := dict "enabled" $w.enabled "maxBodyBytes" $w.maxBodyBytes "ratePerSecond" $w.ratePerSecond "burst" $w.burst -}}
+{{- $hook := dict "enabled" $w.enabled "maxBodyBytes" $w.maxBodyBytes "ratePerSecond" $w.ratePerSecond "burst" $w.burst "unauthenticatedRatePerSecond" $w.unauthenticatedRatePerSecond "unauthenticatedBurst" $w.unauthenticatedBurst -}}
 {{- if and $w.enabled $w.secret.secretName }}{{ $_ := set $hook "secretFile" (printf "%s/webhook/secret" $sec) }}{{ end }}
 {{- $notifiers := list -}}
 {{- range $i, $n := $v.notifications.notifiers }}
