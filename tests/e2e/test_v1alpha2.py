@@ -169,7 +169,9 @@ def test_v1alpha2_good_version_is_promoted_without_a_traffic_dip(env: Env) -> No
     assert final["status"]["default"]["predictor"]["name"] == "kfs-predictor-default-00002"
     assert st.status.stable_revision == "kfs-predictor-default-00002"
     reasons = [h.reason for h in st.status.history if h.commit == c2]
-    assert reasons[:3] == ["RolloutStarted", "CanaryReady", "StepAdvanced"] and reasons[-1] == "Promoted"
+    # A hold (too few requests yet, as on a loaded machine) is allowed; skipping a step or the analysis is not.
+    moves = [r for r in reasons if r not in ("Holding", "Resumed")]
+    assert moves[:3] == ["RolloutStarted", "CanaryReady", "StepAdvanced"] and moves[-1] == "Promoted", reasons
     passes = [a for a in st.status.analyses if a.verdict.outcome == "pass"]
     assert passes and all(a.canary_revision == "kfs-predictor-canary-00001" for a in passes)
 
