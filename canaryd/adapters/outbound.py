@@ -242,6 +242,8 @@ _SECRETISH = re.compile(
     r"\s*[:=]\s*)(\"[^\"]*\"|[^\s,;&}]+)"
 )
 _LONG_WORD = re.compile(r"[A-Za-z0-9+/_\-=.]{24,}")
+#: An echoed Authorization value (`Basic dXNlcjpw`): short credentials are not long words.
+_AUTH_VALUE = re.compile(r"(?i)\b(basic|bearer|digest|token)(\s+)[^\s,;\"']+")
 
 
 def excerpt(body: bytes | str, limit: int = EXCERPT_CHARS) -> str:
@@ -252,6 +254,7 @@ def excerpt(body: bytes | str, limit: int = EXCERPT_CHARS) -> str:
     """
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
     text = text[: limit * 8]
+    text = _AUTH_VALUE.sub(lambda m: m.group(1) + m.group(2) + "***", text)
     text = _SECRETISH.sub(lambda m: m.group(1) + "***", text)
     text = _LONG_WORD.sub("***", text)
     text = "".join(c if c.isprintable() else " " for c in text)

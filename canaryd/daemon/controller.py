@@ -185,7 +185,7 @@ class Controller:
             )
         for hook in self.on_decision:
             hook(state, new)
-        return TickResult(new.status.next_check_at, str(new.status.phase), changed)
+        return TickResult(decision.recheck_at or new.status.next_check_at, str(new.status.phase), changed)
 
     # -- trust: canaryd writes only its own target, in its own namespaces --------------------------------
     def _check_target(self, target: TargetRef) -> None:

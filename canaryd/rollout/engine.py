@@ -181,6 +181,7 @@ class _Tick:
         self.now = now
         self.actions: list[Action] = []
         self.log: dict[str, object] = {}
+        self.recheck_at: datetime | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
     @property
@@ -228,7 +229,7 @@ class _Tick:
         self.state = self.state.evolve(next_check_at=at)
 
     def done(self) -> Decision:
-        return Decision(state=self.state, actions=self.actions, log=self.log)
+        return Decision(state=self.state, actions=self.actions, log=self.log, recheck_at=self.recheck_at)
 
     # -- entry -------------------------------------------------------------------------------------
     def run(self) -> Decision:
@@ -704,10 +705,11 @@ class _Tick:
             return self.done()
         waiting = [g.name for g in self.obs.gates if g.pending]
         if waiting:
-            # A gate has not answered yet: the analysis waits for it rather than pass without it. The
-            # answer re-triggers the tick; this check is the fallback.
+            # A gate has not answered yet: the analysis waits for it rather than pass without it, and stays
+            # due: the answer re-triggers the tick, which asks for the same calls and gets it. The recheck
+            # is the fallback.
             self.log["waiting_for_webhooks"] = waiting
-            self.schedule(self.later(min(POLL_S, p.analysis.every_s)))
+            self.recheck_at = self.later(min(POLL_S, p.analysis.every_s))
             return self.done()
         samples = self.obs.samples
         if samples is None:

@@ -230,3 +230,7 @@ class Decision:
     state: RolloutState
     actions: list[Action] = field(default_factory=list)
     log: dict[str, Any] = field(default_factory=dict)
+    #: Look again by then without moving `next_check_at`: set while a gate's answer is awaited, so the
+    #: analysis stays due and the tick its answer triggers can use it (a later due time would leave that
+    #: tick nothing to ask for, and the answer unused).
+    recheck_at: datetime | None = None

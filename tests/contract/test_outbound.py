@@ -169,6 +169,8 @@ def test_excerpt_is_short_printable_and_redacted() -> None:
     text = excerpt(b"error: password=hunter2 \x00\x1b[31m token: abcdefabcdefabcdefabcdefabcdef " + b"z" * 500)
     assert "hunter2" not in text and "abcdefabcdef" not in text and "\x1b" not in text
     assert len(text) <= 121
+    # An echoed Authorization header, however short its credentials (a careless proxy's 401 page).
+    assert excerpt("unauthorized: got Basic cDp3, Bearer x1") == "unauthorized: *** Basic ***, Bearer ***"
 
 
 # -- Prometheus: capped and deadline-bound too -------------------------------------------------------

@@ -68,7 +68,7 @@ def test_private_repo_over_authenticated_http(env: Env) -> None:
          "-o", "json"], capture_output=True, text=True, timeout=60, check=True,
     )
     rows = json.loads(status.stdout)
-    assert [r["spec"]["commit"] for r in rows] == [c2]
+    assert [r["status"]["commit"] for r in rows] == [c2]
     rollouts = json.dumps(env.co.list_namespaced_custom_object(GROUP, VERSION, env.ns, PLURAL))
     assert c2 in rollouts
     events = "\n".join(f"{e.reason} {e.message}" for e in env.events(name))

@@ -215,7 +215,7 @@ def test_no_secret_leaks_into_any_output(env: Env, receiver: WebhookReceiver) ->
     assert "webhook rejected (401)" in outputs["daemon log"] and "config repo sync failed" in outputs["daemon log"]
     assert "AnalysisInconclusive" in outputs["Events"] or "inconclusive" in outputs["ModelRollouts"].lower()
     assert f"{env.ns}/{name}" in outputs["notifications delivered"]
-    assert "answered HTTP 401: unauthorized: got Basic ***" in outputs["ModelRollouts"]  # echoed, then redacted
+    assert "answered HTTP 401: unauthorized: *** Basic ***" in outputs["ModelRollouts"]  # echoed, then redacted
     leaks = [f"{what} in {where}" for where, text in outputs.items() for what, value in secrets.items()
              if value in text]
     assert not leaks, leaks

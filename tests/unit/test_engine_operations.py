@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from canaryd.rollout.engine import decide, gate_requests
+from canaryd.rollout.engine import analysis_request, decide, gate_requests
 from canaryd.rollout.model import (
     ApplySpec,
     CallWebhook,
@@ -103,11 +103,16 @@ def test_an_analysis_waits_for_a_gate_still_running_instead_of_passing_without_i
     """Issue 13: gates run beside the tick; one not answered yet neither passes nor fails the analysis."""
     s = progressing(pol=HOOKS)
     now = at(READY_AT + 40)
-    st, eff, _ = run(s, now, live=live(percent=10), samples=samples("good"),
-                     gates=[pending("check", "rollout"), gate("pull", "rollback", False)])
-    assert st.status.analyses_run == s.status.analyses_run and eff == []
-    assert st.status.failed_analyses == 0 and st.status.next_check_at is not None
-    assert (st.status.next_check_at - now).total_seconds() <= 2
+    o = Observation.model_validate({"desired": V2, "live": live(percent=10), "samples": samples("good"),
+                                    "gates": [pending("check", "rollout"), gate("pull", "rollback", False)]})
+    d = decide(s, o, HOOKS, now)
+    st = d.state
+    assert st.status.analyses_run == s.status.analyses_run and effects(d) == []
+    assert st.status.failed_analyses == 0
+    assert d.recheck_at is not None and 0 < (d.recheck_at - now).total_seconds() <= 2
+    # Still due: the tick the answer triggers asks for the same calls (and so gets the answer).
+    assert analysis_request(st, HOOKS, now) is not None
+    assert gate_requests(st, live(percent=10), HOOKS, now) == gate_requests(s, live(percent=10), HOOKS, now)
 
 
 def test_failing_rollout_hook_fails_the_analysis() -> None:
