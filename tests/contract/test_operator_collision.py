@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kubernetes import client
 from starlette.responses import Response
 
 from canaryd import operator
 from canaryd.adapters.kube import make_api_client
 from canaryd.adapters.statestore import StateStore
-from canaryd.rollout.state import PLURAL, Phase, RolloutState
+from canaryd.rollout.state import PLURAL, Phase
 from canaryd.sandbox.kubeapi import KubeApiEmulator, load_crds
 from canaryd.sandbox.kubeapi.requestinfo import RequestInfo
 from tests.contract.test_statestore import ROLLOUT_CRD, T0, realistic
@@ -26,15 +28,32 @@ from tests.contract.test_statestore import ROLLOUT_CRD, T0, realistic
 NS = "models"
 
 
+@dataclass
+class Clients:
+    """The emulator, a daemon-like state store and the CLI's own API client, with a rollout in flight."""
+
+    emulator: KubeApiEmulator
+    daemon: StateStore
+    cli_api: client.ApiClient
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[KubeApiEmulator, Path]]:
+def clients(tmp_path: Path) -> Iterator[Clients]:
     emulator = KubeApiEmulator(load_crds([ROLLOUT_CRD]), namespaces=[NS])
     emulator.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    emulator.write_kubeconfig(kubeconfig)
+    daemon_api = make_api_client(str(kubeconfig), component="daemon")
+    cli_api = make_api_client(str(kubeconfig))
     try:
-        kubeconfig = tmp_path / "kubeconfig"
-        emulator.write_kubeconfig(kubeconfig)
-        yield emulator, kubeconfig
+        daemon = StateStore(daemon_api)
+        state = realistic("iris")
+        assert state.status.phase == Phase.PROGRESSING
+        daemon.save(state)
+        yield Clients(emulator, daemon, cli_api)
     finally:
+        daemon_api.close()
+        cli_api.close()
         emulator.stop()
 
 
@@ -59,76 +78,41 @@ class SaveBeforeTheCliWrites:
         return None
 
 
-def _in_flight(daemon: StateStore, name: str) -> RolloutState:
-    state = realistic(name)
-    assert state.status.phase == Phase.PROGRESSING
-    return daemon.save(state)
+def test_operator_request_lands_when_the_daemon_saves_between_its_read_and_write(clients: Clients) -> None:
+    hook = SaveBeforeTheCliWrites(clients.daemon, "iris", collisions=2)
+    clients.emulator.hooks.append(hook)
+
+    note = operator.request(clients.cli_api, NS, "iris", "pause")
+
+    assert "pause recorded" in note
+    assert hook.saves == 2, "the collision was not forced"
+    refused = [c for c in clients.emulator.calls if c.resource == PLURAL and c.status == 409]
+    assert len(refused) == 2, refused
+    after = clients.daemon.load(NS, "iris")
+    assert after is not None and after.spec.control.paused is True
+    assert after.status.inconclusive_in_row == realistic("iris").status.inconclusive_in_row + 2, \
+        "the daemon's saves were lost"
 
 
-def test_operator_request_lands_when_the_daemon_saves_between_its_read_and_write(
-        cluster: tuple[KubeApiEmulator, Path]) -> None:
-    emulator, kubeconfig = cluster
-    daemon_api = make_api_client(str(kubeconfig), component="daemon")
-    cli_api = make_api_client(str(kubeconfig))
-    try:
-        daemon = StateStore(daemon_api)
-        _in_flight(daemon, "iris")
-        hook = SaveBeforeTheCliWrites(daemon, "iris", collisions=2)
-        emulator.hooks.append(hook)
-
-        note = operator.request(cli_api, NS, "iris", "pause")
-
-        assert "pause recorded" in note
-        assert hook.saves == 2, "the collision was not forced"
-        refused = [c for c in emulator.calls if c.resource == PLURAL and c.status == 409]
-        assert len(refused) == 2, refused
-        after = daemon.load(NS, "iris")
-        assert after is not None and after.spec.control.paused is True
-        assert after.status.inconclusive_in_row == realistic("iris").status.inconclusive_in_row + 2, \
-            "the daemon's saves were lost"
-    finally:
-        daemon_api.close()
-        cli_api.close()
+def test_operator_request_gives_up_with_a_clear_message_when_the_object_never_settles(clients: Clients) -> None:
+    clients.emulator.hooks.append(SaveBeforeTheCliWrites(clients.daemon, "iris", collisions=1000))
+    with pytest.raises(operator.OperatorError, match=r"kept changing .*run the command again"):
+        operator.request(clients.cli_api, NS, "iris", "promote")
 
 
-def test_operator_request_gives_up_with_a_clear_message_when_the_object_never_settles(
-        cluster: tuple[KubeApiEmulator, Path]) -> None:
-    emulator, kubeconfig = cluster
-    daemon_api = make_api_client(str(kubeconfig), component="daemon")
-    cli_api = make_api_client(str(kubeconfig))
-    try:
-        daemon = StateStore(daemon_api)
-        _in_flight(daemon, "iris")
-        emulator.hooks.append(SaveBeforeTheCliWrites(daemon, "iris", collisions=1000))
-        with pytest.raises(operator.OperatorError, match=r"kept changing .*run the command again"):
-            operator.request(cli_api, NS, "iris", "promote")
-    finally:
-        daemon_api.close()
-        cli_api.close()
-
-
-def test_a_request_is_checked_again_after_a_collision(cluster: tuple[KubeApiEmulator, Path]) -> None:
+def test_a_request_is_checked_again_after_a_collision(clients: Clients) -> None:
     """The re-read matters: if the save that collided ended the canary, promote must say so, not land."""
-    emulator, kubeconfig = cluster
-    daemon_api = make_api_client(str(kubeconfig), component="daemon")
-    cli_api = make_api_client(str(kubeconfig))
-    try:
-        daemon = StateStore(daemon_api)
-        _in_flight(daemon, "iris")
 
-        class EndTheCanary(SaveBeforeTheCliWrites):
-            def _save(self) -> None:
-                state = self.daemon.load(NS, self.name)
-                assert state is not None
-                done = state.transition(Phase.ROLLING_BACK, now=T0, reason="AnalysisFailed", message="x")
-                self.daemon.save(done)
-                self.saves += 1
+    class EndTheCanary(SaveBeforeTheCliWrites):
+        def _save(self) -> None:
+            state = self.daemon.load(NS, self.name)
+            assert state is not None
+            done = state.transition(Phase.ROLLING_BACK, now=T0, reason="AnalysisFailed", message="x")
+            self.daemon.save(done)
+            self.saves += 1
 
-        emulator.hooks.append(EndTheCanary(daemon, "iris", collisions=1))
-        with pytest.raises(operator.OperatorError, match="no canary in flight"):
-            operator.request(cli_api, NS, "iris", "promote")
-        after = daemon.load(NS, "iris")
-        assert after is not None and not after.spec.control.promote
-    finally:
-        daemon_api.close()
-        cli_api.close()
+    clients.emulator.hooks.append(EndTheCanary(clients.daemon, "iris", collisions=1))
+    with pytest.raises(operator.OperatorError, match="no canary in flight"):
+        operator.request(clients.cli_api, NS, "iris", "promote")
+    after = clients.daemon.load(NS, "iris")
+    assert after is not None and not after.spec.control.promote
