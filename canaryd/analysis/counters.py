@@ -10,6 +10,12 @@ A reading lower than the one before is a counter reset (a restarted queue-proxy)
 zero again, so the new reading is what it served since (Prometheus' own rule in `increase()`). A series
 absent from the previous readings started after it (a new pod) and counts in full.
 
+A series missing from one reading (a failed scrape's stale marker, a slow target) keeps its last known
+value in the readings: when it comes back, only what it grew since counts. Forgetting it would count it
+again from zero, and every request and error it ever served would enter the window a second time. The
+readings are per step (the engine clears them when a step starts), so what they keep is bounded by the
+series of that step.
+
 Pure: readings in, counts out.
 """
 
@@ -116,8 +122,7 @@ def count(
             total += grown
             if matches(profile.error_matcher, labels):
                 errors += grown
-    else:
-        kept.update({k: v for k, v in prev.items() if k.startswith("r:")})
+    kept.update({k: v for k, v in prev.items() if k.startswith("r:") and k not in kept})
     bounds: list[float] = []
     per_bucket: list[float] = []
     if buckets is not None:
@@ -132,8 +137,7 @@ def count(
             kept[key] = value
             cumulative[le] = cumulative.get(le, 0.0) + grown
         bounds, per_bucket = _non_cumulative(cumulative, profile.latency_unit_ms)
-    else:
-        kept.update({k: v for k, v in prev.items() if k.startswith("b:")})
+    kept.update({k: v for k, v in prev.items() if k.startswith("b:") and k not in kept})
     counts = RevisionCounts(revision=revision, requests=total, errors=errors, latency_bounds_ms=bounds,
                             latency_counts=per_bucket, resets=resets)
     return counts, kept

@@ -56,6 +56,27 @@ def test_a_failed_query_is_no_data_and_keeps_the_older_readings() -> None:
     assert kept2 == kept
 
 
+def test_regression_a_series_missing_from_one_reading_was_counted_again_from_zero() -> None:
+    """Issue 14 item 2: 10,000/100 -> absent (a failed scrape) -> 10,049/101 counted 10,150 requests and
+    101 errors; only 49 and 1 were served."""
+    _, kept = count("r", P, [req("a", "2xx", 9900), req("a", "5xx", 100)],
+                    [bucket("a", "100", 9000), bucket("a", "+Inf", 10000)], None)
+    gap, kept = count("r", P, [], [], kept)
+    assert (gap.requests, gap.errors, gap.latency_counts) == (0, 0, [])
+    back, _ = count("r", P, [req("a", "2xx", 9948), req("a", "5xx", 101)],
+                    [bucket("a", "100", 9040), bucket("a", "+Inf", 10049)], kept)
+    assert (back.requests, back.errors, back.resets) == (49, 1, 0)
+    assert back.latency_counts == [40.0, 9.0]
+
+
+def test_a_series_missing_while_another_grows_keeps_its_reading() -> None:
+    _, kept = count("r", P, [req("a", "2xx", 500), req("b", "2xx", 500)], [], None)
+    one, kept = count("r", P, [req("b", "2xx", 520)], [], kept)
+    assert one.requests == 20
+    both, _ = count("r", P, [req("a", "2xx", 510), req("b", "2xx", 530)], [], kept)
+    assert both.requests == 20  # a: 10, b: 10; not a's 510 again
+
+
 def test_nan_and_negative_readings_are_ignored() -> None:
     got, kept = count("r", P, [req("a", "2xx", math.nan), req("b", "2xx", -1), req("c", "2xx", 4)], [], None)
     assert got.requests == 4 and len(kept) == 1
