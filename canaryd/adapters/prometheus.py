@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -48,6 +49,8 @@ _STATUS = re.compile(r"^HTTP Status Code (\d+) \((.*)\)$", re.S)
 _ERRNO = re.compile(r"\[Errno -?\d+\] [^\"')]+")
 _MAX_ERROR_CHARS = 300
 _AT = "@at"  # key of the reading time among a revision's kept counter readings
+#: Prometheus' default lookback: how far back an instant query finds a series' last sample.
+_LOOKBACK_S = 300.0
 #: How far the evaluation time of an answer may be from the `time` asked for. Prometheus answers an
 #: instant query at exactly that time (to the millisecond); more than this means the answer was made
 #: for another moment (a cache, a frozen proxy) and describes a window we did not ask about.
@@ -154,7 +157,9 @@ class _Read:
     broken: str | None = None
 
 
-_Vector = tuple[list[counters.Series] | None, str | None, str | None]  # series, error, what broke the read
+#: A counter series as read: labels, value, and the time of that sample (not of the query).
+_Stamped = tuple[dict[str, str], float, float]
+_Vector = tuple[list[_Stamped] | None, str | None, str | None]  # series, error, what broke the read
 
 
 class _Pending:
@@ -231,13 +236,16 @@ class PrometheusSource:
         insecure: bool = False,
         profile: str | Profile = queries.DEFAULT_PROFILE,
         scrape_interval_s: float = 1.0,
+        max_sample_age_s: float | None = None,
         batch: bool = False,
         max_response_bytes: int = DEFAULT_MAX_PROMETHEUS_BYTES,
         metrics: OutboundMetrics | None = None,
     ) -> None:
         """`batch`: read the statistical judges' raw counters once per namespace and metric and share them
         (see `read_counts`); off, every revision gets its own queries. `timeout_s` bounds each query's
-        whole answer (wall clock); `max_response_bytes` caps what is read of it."""
+        whole answer (wall clock); `max_response_bytes` caps what is read of it. `max_sample_age_s`
+        (default three scrape intervals): a counter sample older than this, at the instant read, is not
+        data (see `read_counts`)."""
         if ca_file is not None and insecure:
             raise ValueError("ca_file and insecure contradict each other: choose one")
         if bearer_token_file is not None and basic_auth is not None:
@@ -248,6 +256,9 @@ class PrometheusSource:
         self.safe_url = _safe_url(self.url)
         self.timeout_s = timeout_s
         self.scrape_interval_s = scrape_interval_s
+        self.max_sample_age_s = max_sample_age_s if max_sample_age_s is not None else 3 * scrape_interval_s
+        if not self.max_sample_age_s > 0:
+            raise ValueError("max_sample_age_s must be positive")
         self.profile = profile if isinstance(profile, Profile) else queries.get_profile(profile)
         self.batch = batch
         self._batch_step_s = max(scrape_interval_s, 0.001)
@@ -333,6 +344,14 @@ class PrometheusSource:
         from there. Returns the counts (in `revisions` order, None counts where a query failed), the
         readings to keep for the next analysis, and the queries run.
 
+        Only fresh samples count: each series' newest sample within `max_sample_age_s` of the instant
+        read (a range selection, so Prometheus' 5-minute lookback cannot pass off an old sample as the
+        current value). A series without one is missing from this reading and keeps its older value (see
+        `counters`); a revision whose series are all missing, when it had series before, has no data this
+        time (Prometheus stalled, or every scrape of it failed): its counts are None with the reason, and
+        its older readings are kept. The readings record the time of their newest sample, so a window
+        covers exactly the span between the samples it differences.
+
         With `batch`, the reading is taken at `at` rounded down to the scrape interval, with one query per
         namespace and metric shared by every revision read at that instant (a thousand services rolling
         out cost a few queries per namespace per interval, not four per service per analysis); each
@@ -352,30 +371,42 @@ class PrometheusSource:
             ran += [req_q, bucket_q]
             prev = previous.get(revision)
             if prev is None:
-                start = _Read(at=min(window_start, run.at), broken=run.broken)
-                first_req, _ = self._query_vector(start, req_q)
-                first_buckets, _ = self._query_vector(start, bucket_q)
-                run.broken = run.broken or start.broken
-                if first_req is not None and first_buckets is not None:
-                    _, prev = counters.count(revision, self.profile, first_req, first_buckets, None)
+                prev = self._first_reading(revision, req_q, bucket_q, min(window_start, run.at), run)
             if self.batch:
-                req = self._shared_vector(run, counters.namespace_requests_query(self.profile, namespace))
-                buckets = self._shared_vector(run, counters.namespace_buckets_query(self.profile, namespace))
-                req = None if req is None else counters.select(self.profile, revision, req)
-                buckets = None if buckets is None else counters.select(self.profile, revision, buckets)
+                req, req_error = self._shared_vector(run, counters.namespace_requests_query(self.profile, namespace))
+                buckets, bucket_error = self._shared_vector(
+                    run, counters.namespace_buckets_query(self.profile, namespace))
+                req = None if req is None else self._select(revision, req)
+                buckets = None if buckets is None else self._select(revision, buckets)
+                failed = req_error or bucket_error
             else:
-                req, _ = self._query_vector(run, req_q)
-                buckets, _ = self._query_vector(run, bucket_q)
+                req, req_error = self._query_vector(run, req_q)
+                buckets, bucket_error = self._query_vector(run, bucket_q)
+                failed = req_error or bucket_error
+            stale = None
+            if req is not None and buckets is not None and not req and not buckets and _has_series(prev):
+                stale = (f"no sample of {revision}'s counters newer than {self.max_sample_age_s:g}s at "
+                         f"{_clock(run.at)} (Prometheus behind or stalled, or its scrapes failing)")
+                req = buckets = None
             if prev is None:
                 # Without a starting point nothing can be counted yet: keep this reading as the start.
                 counted, readings = counters.count(revision, self.profile, None, None, None)
                 if req is not None and buckets is not None:
-                    _, readings = counters.count(revision, self.profile, req, buckets, None)
+                    _, readings = counters.count(revision, self.profile, _plain(req), _plain(buckets), None)
             else:
-                counted, readings = counters.count(revision, self.profile, req, buckets, prev)
+                counted, readings = counters.count(revision, self.profile, _maybe_plain(req), _maybe_plain(buckets),
+                                                   prev)
+            # The time of the newest sample these readings hold (a failed or stale read keeps the older
+            # readings, and their time): the next window counts from exactly there.
+            if req is not None and buckets is not None:
+                readings[_AT] = _newest(req + buckets, (prev or {}).get(_AT, run.at))
+            else:
+                readings[_AT] = (prev or {}).get(_AT, run.at)
+            if stale is not None or failed is not None:
+                counted = counted.model_copy(update={"error": stale or failed})
+            elif counted.requests is not None and prev is not None:
+                counted = counted.model_copy(update={"since": prev.get(_AT), "until": readings[_AT]})
             results.append(counted)
-            # When these readings were taken (a failed query keeps the older ones, and their time).
-            readings[_AT] = run.at if req is not None and buckets is not None else (prev or {}).get(_AT, run.at)
             kept[revision] = readings
         return results, kept, ran
 
@@ -387,8 +418,9 @@ class PrometheusSource:
         now = self._instant(time.time() if at is None else at)
         names = [canary] + ([stable] if stable is not None else [])
         counted, kept, ran = self.read_counts(namespace, names, previous, window_start, at=now)
-        since = (previous.get(canary) or {}).get(_AT, window_start)
-        window = max(0.0, now - since)
+        # The span the canary's counts cover: between the newest samples of the two readings differenced.
+        c = counted[0]
+        window = max(0.0, c.until - c.since) if c.since is not None and c.until is not None else 0.0
         return WindowCounts(window_s=window, canary=counted[0], stable=counted[1] if stable else None,
                             queries=ran), kept
 
@@ -401,43 +433,87 @@ class PrometheusSource:
             return at
         return math.floor(round(at / self._batch_step_s, 6)) * self._batch_step_s
 
-    def _shared_vector(self, run: _Read, promql: str) -> list[counters.Series] | None:
-        """A namespace-wide vector at `run.at`, queried once for every read that needs it at that instant."""
+    def _shared_vector(self, run: _Read, promql: str) -> tuple[list[_Stamped] | None, str | None]:
+        """A namespace-wide vector at `run.at`, queried once for every read that needs it at that instant
+        (or None and why not)."""
         if run.broken is not None:
-            return None
+            return None, f"not queried: {run.broken}"
 
         def fetch() -> _Vector:
             probe = _Read(at=run.at)
             series, error = self._query_vector(probe, promql)
             return series, error, probe.broken
 
-        series, _error, broken = self._shared.get(promql, run.at, fetch)
+        series, error, broken = self._shared.get(promql, run.at, fetch)
         if broken is not None:
             run.broken = broken
-        return series
+        return series, error
 
     def _sent(self) -> None:
         with self._count_lock:
             self.queries_sent += 1
 
-    def _query_vector(self, run: _Read, promql: str) -> tuple[list[counters.Series] | None, str | None]:
-        """Every series of an instant vector (labels, value), or (None, why) when the query failed."""
-        result, error = self._fetch(run, promql)
+    def _first_reading(self, revision: str, req_q: str, bucket_q: str, at: float, run: _Read
+                       ) -> dict[str, float] | None:
+        """The readings a revision's first window counts from: its counters at the window's start `at`,
+        or None when they cannot be read (then the current reading becomes the start).
+
+        Without a fresh sample at `at`, the last sample within Prometheus' usual lookback (5 minutes)
+        before it is the start, and the readings say when it was taken: a series that merely missed its
+        scrapes around `at` must not count later from zero, its whole history. Only a revision with no
+        sample in those 5 minutes has no series yet, and its series count from zero (new pods).
+        """
+        start = _Read(at=at, broken=run.broken)
+        req, _ = self._query_vector(start, req_q)
+        buckets, _ = self._query_vector(start, bucket_q)
+        if req is not None and buckets is not None and not req and not buckets:
+            req, _ = self._query_vector(start, req_q, max_age_s=_LOOKBACK_S)
+            buckets, _ = self._query_vector(start, bucket_q, max_age_s=_LOOKBACK_S)
+        run.broken = run.broken or start.broken
+        if req is None or buckets is None:
+            return None
+        _, readings = counters.count(revision, self.profile, _plain(req), _plain(buckets), None)
+        readings[_AT] = _newest(req + buckets, at)
+        return readings
+
+    def _select(self, revision: str, series: list[_Stamped]) -> list[_Stamped]:
+        """`counters.select` for stamped series: the revision's own among a namespace's."""
+        matcher = self.profile.revision_matcher(revision)
+        return [s for s in series if counters.matches(matcher, s[0])]
+
+    def _query_vector(self, run: _Read, selector: str, *, max_age_s: float | None = None
+                      ) -> tuple[list[_Stamped] | None, str | None]:
+        """Every series of a counter selector with its newest sample no older than `max_sample_age_s` at
+        `run.at` (labels, value, sample time), or (None, why) when the query failed.
+
+        A range selection, not an instant one: an instant query fills in a series' last sample from up
+        to 5 minutes back (Prometheus' lookback) and stamps it with the query's time, so a stalled
+        Prometheus or a target whose scrapes fail would look current. A range selection returns the
+        samples themselves, with their times, and leaves out stale markers.
+        """
+        age = self.max_sample_age_s if max_age_s is None else max_age_s
+        result, error = self._fetch(run, f"{selector}[{_promql_seconds(age)}]")
         if error is not None:
             return None, error
         if not isinstance(result, list):
-            return None, f"not an instant vector: {str(result)[:80]!r}"
-        out: list[counters.Series] = []
+            return None, f"not a range vector: {str(result)[:80]!r}"
+        out: list[_Stamped] = []
         for item in result:
             try:
                 labels = {str(k): str(v) for k, v in dict(item["metric"]).items()}
-                stale = _stale(item["value"][0], run.at)
-                out.append((labels, float(item["value"][1])))
+                samples = item["values"]
+                if not samples:
+                    continue
+                stamp, raw = samples[-1]
+                when, value = float(stamp), float(raw)
             except (KeyError, TypeError, ValueError, IndexError):
-                return None, f"not an instant vector item: {str(item)[:80]!r}"
-            if stale is not None:
-                return None, stale
-        log.debug("query %s at %.3f -> %d series", promql, run.at, len(out))
+                return None, f"not a range vector item: {str(item)[:80]!r}"
+            if not math.isfinite(when) or when > run.at + _STALE_AFTER_S:
+                # Samples from after the instant asked for: an answer made for another moment.
+                return None, (f"stale answer: a sample at {when:.3f} for the instant {run.at:.3f}"
+                              " (a results cache or proxy answering for another time?)")
+            out.append((labels, value, when))
+        log.debug("query %s at %.3f -> %d series", selector, run.at, len(out))
         return out, None
 
     def _read_revision(
@@ -535,6 +611,31 @@ class PrometheusSource:
         for secret in sorted(self._auth.secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
+
+
+def _plain(series: list[_Stamped]) -> list[counters.Series]:
+    return [(labels, value) for labels, value, _when in series]
+
+
+def _maybe_plain(series: list[_Stamped] | None) -> list[counters.Series] | None:
+    return None if series is None else _plain(series)
+
+
+def _newest(series: list[_Stamped], default: float) -> float:
+    return max((when for _labels, _value, when in series), default=default)
+
+
+def _has_series(readings: dict[str, float] | None) -> bool:
+    return any(k.startswith(("r:", "b:")) for k in readings or {})
+
+
+def _clock(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+
+
+def _promql_seconds(seconds: float) -> str:
+    """A PromQL duration for a range selector: whole milliseconds (PromQL takes `1500ms`, not `1.5s`)."""
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _stale(when: Any, at: float) -> str | None:

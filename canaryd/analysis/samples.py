@@ -49,6 +49,11 @@ class RevisionCounts(_Frozen):
     latency_counts: list[float] = Field(default_factory=list)
     #: Counter resets seen while differencing (a restarted pod): reported in the evidence.
     resets: int = 0
+    #: Why the counts are None when it is not a failed query (e.g. every sample too old).
+    error: str | None = None
+    #: The span the counts cover (Unix seconds): the newest samples of the two readings differenced.
+    since: float | None = None
+    until: float | None = None
 
 
 class WindowCounts(_Frozen):

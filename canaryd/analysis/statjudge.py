@@ -145,7 +145,7 @@ def _read_counts(window: WindowCounts) -> tuple[tuple[float, float, float, float
     canary, stable = window.canary, window.stable
     n_c, e_c = _count(canary.requests), _count(canary.errors)
     if n_c is None:
-        missing.append("canary request count")
+        missing.append(f"canary request count ({canary.error})" if canary.error else "canary request count")
     if e_c is None:
         missing.append("canary error count")
     if stable is None:
@@ -153,7 +153,7 @@ def _read_counts(window: WindowCounts) -> tuple[tuple[float, float, float, float
         return None, missing
     n_s, e_s = _count(stable.requests), _count(stable.errors)
     if n_s is None:
-        missing.append("stable request count")
+        missing.append(f"stable request count ({stable.error})" if stable.error else "stable request count")
     if e_s is None:
         missing.append("stable error count")
     if n_c is None or e_c is None or n_s is None or e_s is None:

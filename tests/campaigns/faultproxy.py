@@ -76,6 +76,8 @@ class FaultProxy:
         self._server: ThreadedServer | None = None
         self.port = 0
         self._changed = 0  # bumped at every mode change: ends hangs of a mode no longer in force
+        #: Queries received and not answered yet (e.g. waiting on a stopped upstream), by arrival time.
+        self.in_flight: list[float] = []
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @property
@@ -158,11 +160,16 @@ class FaultProxy:
         if fault == "stale" and not self._moves_back(at):
             fault = "pass"
         record = QueryRecord(time.time(), at, _param(params + form, "query") or "", fault, 0)
+        with self._lock:
+            self.in_flight.append(record.received)
         try:
             response = await self._answer(request, path, params, form, body, fault, generation)
         except BaseException:
             self._log(record)
             raise
+        finally:
+            with self._lock:
+                self.in_flight.remove(record.received)
         self._log(QueryRecord(record.received, record.at, record.query, record.fault, response.status_code))
         return response
 

@@ -397,6 +397,38 @@ def test_exact_counts_telescope_over_consecutive_windows(world: World) -> None:
     assert kept[CANARY] and kept[STABLE]
 
 
+def test_regression_promotion_on_stale_data_a_reading_without_fresh_samples_is_no_data(world: World) -> None:
+    """Issue 14 item 1: a query sent while Prometheus stalled was answered, after it resumed, with samples
+    26s old (its lookback fills in the last sample and stamps it with the query's time), and canaryd
+    promoted on them. Asking the same Prometheus about an instant 26s after its newest sample is exactly
+    that answer. Now such a reading is no data, says why, and keeps the last fresh readings."""
+    source = PrometheusSource(world.prom.url)  # scrapes every 1s: a sample older than 3s is not data
+    now = time.time()
+    _, kept = source.window_counts(NS, CANARY, STABLE, {}, now - 4, at=now - 2)
+    later = now + 26
+    w, kept2 = source.window_counts(NS, CANARY, STABLE, kept, now - 4, at=later)
+    assert w.canary.requests is None and w.canary.errors is None
+    assert w.canary.error is not None and "no sample" in w.canary.error and "newer than 3s" in w.canary.error
+    assert w.stable is not None and w.stable.requests is None
+    assert kept2 == kept, "the last fresh readings are what the next window counts from"
+    # What an instant query says about that moment: the lookback's old sample, as if it were current.
+    value, error = source.query(f'sum(revision_request_count{{revision_name="{CANARY}"}})', at=later)
+    assert error is None and value is not None
+
+
+def test_counts_state_the_span_between_the_samples_they_difference(world: World) -> None:
+    """The window of a verdict is the time between the newest samples of the two readings, not between
+    the query instants: a late scrape shortens it, and the verdict says so."""
+    source = PrometheusSource(world.prom.url)
+    now = time.time()
+    start, at = now - 5.5, now - 0.5
+    w, _ = source.window_counts(NS, CANARY, STABLE, {}, start, at=at)
+    c = w.canary
+    assert c.since is not None and c.until is not None
+    assert start - 3 <= c.since <= start and at - 3 <= c.until <= at
+    assert w.window_s == pytest.approx(c.until - c.since) and w.window_s > 0
+
+
 def test_exact_counts_of_an_unknown_revision_are_zero_not_made_up(world: World) -> None:
     source = PrometheusSource(world.prom.url)
     now = time.time()
