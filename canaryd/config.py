@@ -74,10 +74,28 @@ class PrometheusSettings(_Section):
     timeout: str = "5s"
     profile: str = "knative-opencensus"
     scrape_interval: str = Field(default="15s", alias="scrapeInterval")
+    max_sample_age: str | None = Field(
+        default=None, alias="maxSampleAge",
+        description="a counter sample older than this is not data (default: three scrape intervals)")
     bearer_token_file: Path | None = Field(default=None, alias="bearerTokenFile")
     basic_auth_user: str | None = Field(default=None, alias="basicAuthUser")
     basic_auth_password_file: Path | None = Field(default=None, alias="basicAuthPasswordFile")
     ca_file: Path | None = Field(default=None, alias="caFile")
+
+    @field_validator("timeout", "scrape_interval", "max_sample_age")
+    @classmethod
+    def _d(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError("must be a positive duration")
+        return v
+
+    @model_validator(mode="after")
+    def _age_covers_a_scrape(self) -> PrometheusSettings:
+        # A limit under one scrape interval would call the newest sample stale half of the time.
+        if self.max_sample_age_s < self.scrape_interval_s:
+            raise ValueError(f"maxSampleAge ({self.max_sample_age}) must be at least scrapeInterval"
+                             f" ({self.scrape_interval})")
+        return self
 
     @property
     def timeout_s(self) -> float:
@@ -86,6 +104,10 @@ class PrometheusSettings(_Section):
     @property
     def scrape_interval_s(self) -> float:
         return parse_duration(self.scrape_interval)
+
+    @property
+    def max_sample_age_s(self) -> float:
+        return parse_duration(self.max_sample_age) if self.max_sample_age else 3 * self.scrape_interval_s
 
 
 class ServerSettings(_Section):

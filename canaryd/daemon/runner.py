@@ -135,7 +135,8 @@ class Daemon:
             notifier=self.notifier,
             prometheus=PrometheusSource(
                 p.url, timeout_s=p.timeout_s, bearer_token_file=p.bearer_token_file, basic_auth=basic,
-                ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s, batch=True,
+                ca_file=p.ca_file, profile=p.profile, scrape_interval_s=p.scrape_interval_s,
+                max_sample_age_s=p.max_sample_age_s, batch=True,
                 max_response_bytes=o.max_prometheus_response_bytes, metrics=self.outbound_metrics,
             ),
         )

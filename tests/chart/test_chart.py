@@ -751,3 +751,8 @@ def test_every_value_is_documented() -> None:
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
     missing = [p for p in _leaf_paths(values) if f"`{p}`" not in doc]
     assert not missing, f"docs/helm.md does not describe: {missing}"
+
+
+def test_prometheus_max_sample_age_reaches_the_config_only_when_set() -> None:
+    assert "maxSampleAge" not in config_file(MINIMAL)["prometheus"]
+    assert config_file(merge(MINIMAL, {"prometheus": {"maxSampleAge": "1m"}}))["prometheus"]["maxSampleAge"] == "1m"

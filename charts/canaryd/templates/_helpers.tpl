@@ -204,6 +204,7 @@ The daemon's settings file (canaryd run --config FILE). Paths only, never secret
 {{- $kube := dict "namespaces" $v.watchNamespaces "defaultNamespace" $v.defaultNamespace -}}
 {{- $p := $v.prometheus -}}
 {{- $prom := dict "url" $p.url "timeout" $p.timeout "profile" $p.profile "scrapeInterval" $p.scrapeInterval -}}
+{{- if $p.maxSampleAge }}{{ $_ := set $prom "maxSampleAge" $p.maxSampleAge }}{{ end }}
 {{- if $p.bearerToken.secretName }}{{ $_ := set $prom "bearerTokenFile" (printf "%s/prometheus/token" $sec) }}{{ end }}
 {{- if $p.basicAuth.passwordSecretName }}
 {{- $_ := set $prom "basicAuthUser" $p.basicAuth.username }}
