@@ -25,7 +25,7 @@ from canaryd.analysis.queries import Matcher, get_profile
 KN = get_profile("knative-opencensus")
 ISTIO = get_profile("istio")
 
-_SELECTOR = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}$")
+_SELECTOR = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}(\[\d+ms\])?$")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)(=~|!~|!=|=)"((?:[^"\\]|\\.)*)"')
 
 
@@ -34,7 +34,8 @@ def _unescape(value: str) -> str:
 
 
 class FakePrometheus:
-    """Instant queries of bare selectors over counters that grow with time (value = rate x t)."""
+    """Selections of counters that grow with time (value = rate x t), with a sample at every instant
+    asked for: an instant selector answers `value`, a range selection (canaryd's) `values`."""
 
     def __init__(self, series: list[tuple[dict[str, str], float]]) -> None:
         self.series = series  # (labels with __name__, growth per second)
@@ -53,12 +54,13 @@ class FakePrometheus:
             raise requests.ConnectionError("refused")
         m = _SELECTOR.match(query)
         assert m, query
-        name, body = m.groups()
+        name, body, ranged = m.groups()
         matchers = [Matcher(label, op, _unescape(v)) for label, op, v in _MATCHER.findall(body)]
-        out = []
+        out: list[dict[str, Any]] = []
         for labels, rate in self.series:
             if labels["__name__"] == name and all(matches(m, labels) for m in matchers):
-                out.append({"metric": labels, "value": [at, str(rate * at)]})
+                sample = [at, str(rate * at)]
+                out.append({"metric": labels, **({"values": [sample]} if ranged else {"value": sample})})
         return out
 
 
@@ -149,8 +151,9 @@ def test_batched_counts_equal_per_revision_counts_and_share_queries() -> None:
     # Per analysis instant: 2 namespace-wide queries shared by both services, instead of 4 per service.
     now_queries = [q for q, at in batch_fake.sent if "revision_name" not in q]
     assert len(now_queries) == 2 * 3
-    assert {q for q in now_queries} == {counters.namespace_requests_query(KN, "ns-a"),
-                                        counters.namespace_buckets_query(KN, "ns-a")}
+    age = "[15000ms]"  # the range of fresh samples: 3 scrape intervals of 5s
+    assert {q for q in now_queries} == {counters.namespace_requests_query(KN, "ns-a") + age,
+                                        counters.namespace_buckets_query(KN, "ns-a") + age}
     starts = [q for q, _ in batch_fake.sent if "revision_name" in q]
     assert len(starts) == 2 * 4  # the first reading of each of the 4 revisions, at its window start
     assert len(plain_fake.sent) == 4 * 2 * 3 + 2 * 4
@@ -215,8 +218,8 @@ def test_concurrent_readers_of_a_namespace_share_one_query() -> None:
     for t in threads:
         t.join(10)
     assert len(results) == 3 and all(w.canary.requests is not None for w in results)
-    assert sorted(q for q, _ in fake.sent) == sorted([counters.namespace_requests_query(KN, "ns-a"),
-                                                      counters.namespace_buckets_query(KN, "ns-a")])
+    assert sorted(q for q, _ in fake.sent) == sorted([counters.namespace_requests_query(KN, "ns-a") + "[15000ms]",
+                                                      counters.namespace_buckets_query(KN, "ns-a") + "[15000ms]"])
 
 
 def test_without_batch_nothing_changes() -> None:
