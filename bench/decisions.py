@@ -70,6 +70,7 @@ INTERVAL_S = 60
 TICK_S = 10  # canaryd's analysis.every, and the simulation's window
 CHECK_S = 60  # Flagger's and Argo's analysis interval (and window)
 MAX_HOLD_S = 1800
+WARMUP_S = int(Analysis().warmup_s)  # the policy default, as a user runs it
 SIGMA = 0.5
 BASE_P99_MS = 400.0
 Z99 = 2.3263478740408408
@@ -96,19 +97,32 @@ class Regression:
     name: str
     error_factor: float = 1.0
     latency_factor: float = 1.0
+    #: Tail-only regression: this share of the canary's requests is `tail_factor` times slower.
+    tail_share: float = 0.0
+    tail_factor: float = 1.0
+    #: A load trend both revisions share (not a regression): latency grows by this much over TREND_S.
+    shared_trend: float = 0.0
+    #: Only at these rates (the extra shapes run at the target rate, to keep the run short).
+    rates: tuple[int, ...] = tuple(RATES)
 
     @property
     def bad(self) -> bool:
-        return self.error_factor != 1.0 or self.latency_factor != 1.0
+        return self.error_factor != 1.0 or self.latency_factor != 1.0 or self.tail_share > 0.0
 
+
+TREND_S = 300
 
 REGRESSIONS = [
     Regression("none"),
+    Regression("none, shared trend +40% in 5 min", shared_trend=0.4, rates=(10,)),
     Regression("errors x1.5", error_factor=1.5),
     Regression("errors x2", error_factor=2.0),
     Regression("errors x5", error_factor=5.0),
     Regression("p99 +20%", latency_factor=1.2),
     Regression("p99 +50%", latency_factor=1.5),
+    Regression("tail: 2% x4", tail_share=0.02, tail_factor=4.0, rates=(10,)),
+    Regression("tail: 5% x2.5", tail_share=0.05, tail_factor=2.5, rates=(10,)),
+    Regression("tail: 1% x8", tail_share=0.01, tail_factor=8.0, rates=(10,)),
 ]
 
 
@@ -123,20 +137,32 @@ class Scenario:
         return f"{self.rate}", f"{self.baseline * 100:g}%", self.regression.name
 
 
+ONLY: list[str] = []  # --only: regression names containing one of these (empty: all)
+
+
 def scenarios() -> list[Scenario]:
-    return [Scenario(r, b, g) for r in RATES for b in BASELINES for g in REGRESSIONS]
+    return [Scenario(r, b, g) for r in RATES for b in BASELINES for g in REGRESSIONS
+            if r in g.rates and (not ONLY or any(o in g.name for o in ONLY))]
 
 
 # --- sampling ------------------------------------------------------------------------------------
 
 
-def bucket_probabilities(latency_factor: float) -> list[float]:
-    """P(latency in each bucket) for the lognormal model, +Inf bucket last."""
-    median = BASE_P99_MS / math.exp(Z99 * SIGMA) * latency_factor
-    dist = statistics.NormalDist(math.log(median), SIGMA)
-    cdf = [dist.cdf(math.log(b)) for b in BOUNDS_MS]
-    probs = [cdf[0]] + [b - a for a, b in pairwise(cdf)] + [1.0 - cdf[-1]]
-    return [max(0.0, p) for p in probs]
+def bucket_probabilities(latency_factor: float, tail_share: float = 0.0, tail_factor: float = 1.0) -> list[float]:
+    """P(latency in each bucket) for the lognormal model, +Inf bucket last; with a tail, a mixture in which
+    `tail_share` of the requests are `tail_factor` times slower."""
+    def one(factor: float) -> list[float]:
+        median = BASE_P99_MS / math.exp(Z99 * SIGMA) * factor
+        dist = statistics.NormalDist(math.log(median), SIGMA)
+        cdf = [dist.cdf(math.log(b)) for b in BOUNDS_MS]
+        probs = [cdf[0]] + [b - a for a, b in pairwise(cdf)] + [1.0 - cdf[-1]]
+        return [max(0.0, p) for p in probs]
+
+    body = one(latency_factor)
+    if tail_share <= 0.0:
+        return body
+    slow = one(latency_factor * tail_factor)
+    return [(1.0 - tail_share) * a + tail_share * b for a, b in zip(body, slow, strict=True)]
 
 
 class Sampler:
@@ -218,14 +244,31 @@ class Counts:
 
 @dataclass
 class Traffic:
-    """One revision's traffic model in one scenario."""
+    """One revision's traffic model in one scenario (with a shared trend, the latency of the window that
+    starts at second t is scaled by 1 + trend x min(t, TREND_S) / TREND_S)."""
 
     error_rate: float
     probs: list[float]
+    latency_factor: float = 1.0
+    tail_share: float = 0.0
+    tail_factor: float = 1.0
+    trend: float = 0.0
     cumulative: list[float] = field(init=False)
+    _by_step: dict[int, tuple[list[float], list[float]]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.cumulative = list(accumulate(self.probs))
+
+    def at(self, t_s: float) -> tuple[list[float], list[float]]:
+        """(probs, cumulative) of the window starting at `t_s`."""
+        if not self.trend:
+            return self.probs, self.cumulative
+        key = int(min(t_s, TREND_S) // TICK_S)
+        if key not in self._by_step:
+            factor = 1.0 + self.trend * key * TICK_S / TREND_S
+            probs = bucket_probabilities(self.latency_factor * factor, self.tail_share, self.tail_factor)
+            self._by_step[key] = (probs, list(accumulate(probs)))
+        return self._by_step[key]
 
 
 class CanaryStream:
@@ -238,7 +281,8 @@ class CanaryStream:
     def window(self, index: int) -> Counts:
         while len(self.windows) <= index:
             t = self.traffic
-            self.windows.append(self.sampler.window(self.rate * TICK_S, t.error_rate, t.probs, t.cumulative))
+            probs, cumulative = t.at(len(self.windows) * TICK_S)
+            self.windows.append(self.sampler.window(self.rate * TICK_S, t.error_rate, probs, cumulative))
         return self.windows[index]
 
     def span(self, end_s: int, seconds: int) -> Counts:
@@ -315,14 +359,19 @@ def _revision(name: str, c: Counts) -> RevisionCounts:
 def run_canaryd(mode: JudgeMode, analysis: Analysis, canary: CanaryStream, stable: Traffic, sampler: Sampler,
                 max_s: float) -> Result:
     evidence = Evidence()
-    step, step_start, t, index = 0, 0, 0, 0
+    # The canary's first `warmup` seconds are not analysed (the policy's default, 30 s), but they are its
+    # time: every time in the table counts from the canary's first traffic.
+    t = WARMUP_S
+    step, step_start, index = 0, 0, WARMUP_S // TICK_S
     while t < max_s:
+        start_s = t
         t += TICK_S
         weight = STEPS[step]
         c = canary.window(index)
         index += 1
         lam = canary.rate * TICK_S * (100 - weight) / weight
-        s = sampler.window(lam, stable.error_rate, stable.probs, stable.cumulative)
+        probs, cumulative = stable.at(start_s)
+        s = sampler.window(lam, stable.error_rate, probs, cumulative)
         window = WindowCounts(window_s=TICK_S, canary=_revision("canary", c), stable=_revision("stable", s))
         verdict, evidence = judge_statistical(evidence, window, analysis)
         if verdict.outcome == "fail":
@@ -382,9 +431,10 @@ def run(trials: int, good_trials: int, seed: int, statistics_: Statistics | None
     for si, sc in enumerate(scenarios()):
         reg = sc.regression
         base_probs = probs_cache.setdefault(1.0, bucket_probabilities(1.0))
-        canary_probs = probs_cache.setdefault(reg.latency_factor, bucket_probabilities(reg.latency_factor))
-        stable_traffic = Traffic(sc.baseline, base_probs)
-        canary_traffic = Traffic(min(1.0, sc.baseline * reg.error_factor), canary_probs)
+        canary_probs = bucket_probabilities(reg.latency_factor, reg.tail_share, reg.tail_factor)
+        stable_traffic = Traffic(sc.baseline, base_probs, trend=reg.shared_trend)
+        canary_traffic = Traffic(min(1.0, sc.baseline * reg.error_factor), canary_probs, reg.latency_factor,
+                                 reg.tail_share, reg.tail_factor, reg.shared_trend)
         n = trials if reg.bad else good_trials
         cells = {j: report.cells.setdefault((sc, j), Cell()) for j in JUDGES}
         # long enough for compare at 1 req/s (5 steps of minRequests each) plus a maxHold
@@ -505,7 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-latency-ratio", type=float, default=None)
     parser.add_argument("--min-requests", type=int, default=MIN_REQUESTS)
     parser.add_argument("--progress", action="store_true", help="print progress to stderr")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only the regressions whose name contains TEXT (repeatable)")
     args = parser.parse_args(argv)
+    ONLY[:] = args.only
     trials, good = (3, 3) if args.quick else (args.trials, args.good_trials)
     overrides = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta), ("error_ratio", args.error_ratio),
                                    ("min_latency_ratio", args.min_latency_ratio)) if v is not None}

@@ -61,6 +61,12 @@ then rolls back a good canary with probability <= alpha over the rollout, which 
 `alpha` as."""
 
 
+TAIL_MIN_EXPECTED = 5.0
+"""The tail test runs once this many canary observations would be expected above the windows' pooled
+quantile if the canary were no slower: below it the count is too small for its approximation (and for
+any useful power), and the rank test alone judges."""
+
+
 PASS_LLR = 1.0
 """`sequential`: the error-rate check passes only while the SPRT's llr is at most this, i.e. while a regression
 is at most e (2.7) times as likely as a tolerated canary. Between this and the rejection boundary the check
@@ -100,6 +106,15 @@ class Evidence(BaseModel):
     #: Non-cumulative bucket counts, one more than the bounds (the last one is +Inf); empty = none yet.
     canary_latency: list[float] = Field(default_factory=list)
     stable_latency: list[float] = Field(default_factory=list)
+    #: Stratified latency tests (`stats.rank_stratum`, `stats.tail_stratum`): sums over windows, each
+    #: window comparing canary and stable on the same seconds, so a trend both share cancels.
+    rank_excess: float = 0.0
+    rank_variance: float = Field(default=0.0, ge=0)
+    tail_excess: float = 0.0
+    tail_variance: float = Field(default=0.0, ge=0)
+    tail_third: float = 0.0
+    #: Canary observations expected above the windows' pooled quantile if it were no slower.
+    tail_expected: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _buckets(self) -> Evidence:
@@ -208,6 +223,15 @@ def _add(evidence: Evidence, window: WindowCounts, statistics: Statistics) -> tu
         )
     if latency is not None:
         bounds, c_counts, s_counts = latency
+        rank = stats.rank_stratum(c_counts, s_counts)
+        tail = stats.tail_stratum(c_counts, s_counts, statistics.latency_quantile)
+        same_layout = not evidence.canary_latency or evidence.latency_bounds_ms == bounds
+        base = evidence if same_layout else Evidence()
+        update.update(
+            rank_excess=base.rank_excess + rank.excess, rank_variance=base.rank_variance + rank.variance,
+            tail_excess=base.tail_excess + tail.excess, tail_variance=base.tail_variance + tail.variance,
+            tail_third=base.tail_third + tail.third, tail_expected=base.tail_expected + tail.expected,
+        )
         if evidence.canary_latency and evidence.latency_bounds_ms == bounds:
             c_counts = [a + b for a, b in zip(evidence.canary_latency, c_counts, strict=True)]
             s_counts = [a + b for a, b in zip(evidence.stable_latency, s_counts, strict=True)]
@@ -378,20 +402,33 @@ def _latency(ev: Evidence, win: _Window, gate: _Gate, st: Statistics, min_reques
         why = _latency_missing(win, gate, n_c, n_s, min_requests)
         return MetricVerdict(name=LATENCY_CHECK, outcome="inconclusive", value=c_q, baseline=s_q,
                              reason=f"not tested ({why}): {quantiles}", details=details)
-    level = stats.spent_alpha(st.alpha * ALPHA_SHARE, look)
-    mw = stats.mann_whitney_buckets(ev.canary_latency, ev.stable_latency)
+    # Two stratified tests share the latency check's level: the rank test sees a shift of the whole
+    # distribution, the tail test a regression of the quantile the policy names (a few percent of requests
+    # much slower, which a rank test hardly sees). Either may fail the check.
+    level = stats.spent_alpha(st.alpha * ALPHA_SHARE, look) / 2.0
+    mw = stats.mann_whitney_buckets(ev.canary_latency, ev.stable_latency)  # shown: P(canary slower)
+    z_rank, p_rank = stats.stratified_sf(ev.rank_excess, ev.rank_variance)
+    tail_ready = ev.tail_expected >= TAIL_MIN_EXPECTED
+    z_tail, p_tail = (stats.stratified_sf(ev.tail_excess, ev.tail_variance, ev.tail_third, continuity=0.5)
+                      if tail_ready else (0.0, 1.0))
     ratio = c_q / s_q if c_q is not None and s_q is not None and s_q > 0 else 1.0
-    details |= {"p_value": mw.p_value, "alpha_look": level, "look": float(look), "z": mw.z, "u": mw.u,
-                "effect": mw.effect, "ratio": ratio}
-    significant = mw.p_value <= level
+    details |= {"p_value": min(p_rank, p_tail), "alpha_look": level, "look": float(look), "z": z_rank,
+                "p_rank": p_rank, "z_tail": z_tail, "p_tail": p_tail, "u": mw.u, "effect": mw.effect,
+                "ratio": ratio, "tail_observed": ev.tail_excess + ev.tail_expected,
+                "tail_expected": ev.tail_expected}
+    significant = p_rank <= level or p_tail <= level
     big = ratio >= st.min_latency_ratio
     outcome: Outcome = "fail" if significant and big else "pass"
+    tail = (f"tail above each window's pooled {label}: canary {fmt(ev.tail_excess + ev.tail_expected)} vs "
+            f"{fmt(ev.tail_expected)} expected, z {z_tail:.2f}, p {p_tail:.2g}" if tail_ready else
+            f"tail test waits for {TAIL_MIN_EXPECTED:g} expected canary observations above the {label} "
+            f"(has {fmt(ev.tail_expected)})")
     reason = (f"{quantiles}: ratio {fmt(ratio)} {'>=' if big else '<'} minLatencyRatio "
-              f"{fmt(st.min_latency_ratio)}; Mann-Whitney z {mw.z:.2f}, p {mw.p_value:.2g} "
-              f"{'<=' if significant else '>'} alpha_{look} {level:.2g}; P(canary slower) {mw.effect:.2f}; "
-              f"n {fmt(n_c)} vs {fmt(n_s)}")
+              f"{fmt(st.min_latency_ratio)}; stratified rank test z {z_rank:.2f}, p {p_rank:.2g}; {tail}; "
+              f"{'significant' if significant else 'not significant'} at alpha_{look}/2 {level:.2g}; "
+              f"P(canary slower) {mw.effect:.2f}; n {fmt(n_c)} vs {fmt(n_s)}")
     return MetricVerdict(name=LATENCY_CHECK, outcome=outcome, value=c_q, baseline=s_q, reason=reason,
-                         statistic=mw.p_value, threshold=level, details=details)
+                         statistic=min(p_rank, p_tail), threshold=level, details=details)
 
 
 def _latency_ready(win: _Window, gate: _Gate, ev: Evidence, min_requests: int) -> bool:
