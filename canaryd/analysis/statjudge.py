@@ -32,8 +32,13 @@ Rules that hold in both modes:
   evidence. A window with a counter reset is still exact (the adapter differences per series).
 
 Latency quantiles are Prometheus's `histogram_quantile`: a quantile beyond the highest finite bucket is
-reported as that bound, so the canary/stable ratio is then underestimated (conservative); the rank test
-still sees the whole shift.
+reported as that bound, so the canary/stable ratio is then underestimated (conservative); the rank and
+tail tests still see the whole shift.
+
+Latency is tested window by window (`stats.rank_stratum`, `stats.tail_stratum`): the canary's share of
+the traffic changes at every step, so histograms pooled over a rollout compare the stable's early
+windows with the canary's late ones, and a load trend both revisions share reads as a regression. The
+pooled histograms serve only the quantiles shown and the minimum-effect ratio.
 
 `analysis.metrics` (custom PromQL, absolute guards) are not judged here: the engine judges them with
 the threshold judge and keeps the worst of both verdicts.

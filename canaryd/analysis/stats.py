@@ -8,10 +8,12 @@ regression is, with error probabilities that hold over the whole rollout however
 
 * errors: Wald's sequential probability ratio test (SPRT) on the canary's share of the errors,
   conditional on the total number of errors, so the unknown baseline error rate drops out;
-* repeated fixed-sample tests (the exact conditional binomial test for errors, Mann-Whitney for
-  latency) at levels that shrink with every look (alpha spending), so their sum stays below alpha;
-* latency: a rank test on the bucketed histograms Prometheus already has (every observation in a
-  bucket is a tie), plus Prometheus's own `histogram_quantile` for the effect size.
+* repeated fixed-sample tests (the exact conditional binomial test for errors, stratified rank and tail
+  tests for latency) at levels that shrink with every look (alpha spending), so their sum stays below
+  alpha;
+* latency: per window (stratum), a rank test on the bucketed histograms Prometheus already has (every
+  observation in a bucket is a tie) and a count of canary observations above the window's pooled
+  quantile, summed over windows; plus Prometheus's own `histogram_quantile` for the effect size.
 
 Only the standard library is used at run time (`math`, `statistics.NormalDist`); the tests check the
 numbers against scipy.

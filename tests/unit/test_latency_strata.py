@@ -192,3 +192,31 @@ def test_latency_false_fails_on_good_canaries_stay_within_alpha() -> None:
                 fails += 1
                 break
     assert fails <= 25, f"{fails} false latency fails in {runs} good rollouts (alpha' = 0.025)"
+
+
+@pytest.mark.parametrize("mode", ["sequential", "compare"])
+def test_error_false_fails_on_good_canaries_stay_within_alpha(mode: str) -> None:
+    """The same for the error check: 600 seeded good canaries at a 1 % baseline, alpha' = 0.025 (alpha
+    0.05). The SPRT's bound is alpha'/(1 - beta) = 0.026 (Ville), the spent binomial test's alpha': at
+    most about 16 expected; allowed 27 (binomial P(X > 27 | 16) < 1 %)."""
+    analysis = Analysis(mode=mode, every="10s", min_requests=200,  # type: ignore[arg-type]
+                        statistics=Statistics(alpha=0.05))
+    rng = random.Random(15)
+    fails = 0
+    for _ in range(600):
+        ev = Evidence()
+        for i in range(30):
+            weight = (10, 20, 30, 40, 50)[i // 6]
+            n_c, n_s = 100, round(100 * (100 - weight) / weight)
+            e_c = sum(rng.random() < 0.01 for _ in range(n_c))
+            e_s = sum(rng.random() < 0.01 for _ in range(n_s))
+            w = WindowCounts(window_s=10.0,
+                             canary=RevisionCounts(revision="c", requests=n_c, errors=e_c),
+                             stable=RevisionCounts(revision="s", requests=n_s, errors=e_s))
+            verdict, ev = judge_statistical(ev, w, analysis)
+            if i % 6 == 5:
+                ev = ev.next_step(analysis.mode)
+            if any(m.name == "error-rate" and m.outcome == "fail" for m in verdict.metrics):
+                fails += 1
+                break
+    assert fails <= 27, f"{fails} false error fails in 600 good rollouts (alpha' = 0.025)"
