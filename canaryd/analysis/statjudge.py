@@ -72,6 +72,15 @@ quantile if the canary were no slower: below it the count is too small for its a
 any useful power), and the rank test alone judges."""
 
 
+TAIL_HOLD_Z = 2.0
+"""`sequential`: while the tail test leans towards a regression (z at least this, and the quantile ratio
+at least minLatencyRatio) without being significant yet, the latency check is inconclusive, which holds
+the step, as PASS_LLR does for errors: a canary whose p99 is up by half would otherwise walk through a
+5-minute rollout before its few slow requests add up to significance at a spent level. A good canary's
+tail z drifts back below it (it is a normalised random walk under H0), so this costs time, rarely a
+maxHold rollback (bench/decisions.py counts those as false rollbacks)."""
+
+
 PASS_LLR = 1.0
 """`sequential`: the error-rate check passes only while the SPRT's llr is at most this, i.e. while a regression
 is at most e (2.7) times as likely as a tolerated canary. Between this and the rejection boundary the check
@@ -390,7 +399,7 @@ def _quantile_label(q: float) -> str:
 
 
 def _latency(ev: Evidence, win: _Window, gate: _Gate, st: Statistics, min_requests: int,
-             look: int | None) -> MetricVerdict:
+             look: int | None, *, hold: bool = False) -> MetricVerdict:
     label = _quantile_label(st.latency_quantile)
     n_c, n_s = sum(ev.canary_latency), sum(ev.stable_latency)
     c_q = stats.histogram_quantile(ev.latency_bounds_ms, ev.canary_latency, st.latency_quantile) if n_c else None
@@ -424,11 +433,16 @@ def _latency(ev: Evidence, win: _Window, gate: _Gate, st: Statistics, min_reques
     significant = p_rank <= level or p_tail <= level
     big = ratio >= st.min_latency_ratio
     outcome: Outcome = "fail" if significant and big else "pass"
+    leaning = hold and outcome == "pass" and tail_ready and z_tail >= TAIL_HOLD_Z and big
+    if leaning:
+        outcome = "inconclusive"  # hold the step: see TAIL_HOLD_Z
     tail = (f"tail above each window's pooled {label}: canary {fmt(ev.tail_excess + ev.tail_expected)} vs "
             f"{fmt(ev.tail_expected)} expected, z {z_tail:.2f}, p {p_tail:.2g}" if tail_ready else
             f"tail test waits for {TAIL_MIN_EXPECTED:g} expected canary observations above the {label} "
             f"(has {fmt(ev.tail_expected)})")
-    reason = (f"{quantiles}: ratio {fmt(ratio)} {'>=' if big else '<'} minLatencyRatio "
+    reason = ((f"tail leans slower (z {z_tail:.2f} >= {TAIL_HOLD_Z:g}): holding the step for more evidence; "
+               if leaning else "") +
+              f"{quantiles}: ratio {fmt(ratio)} {'>=' if big else '<'} minLatencyRatio "
               f"{fmt(st.min_latency_ratio)}; stratified rank test z {z_rank:.2f}, p {p_rank:.2g}; {tail}; "
               f"{'significant' if significant else 'not significant'} at alpha_{look}/2 {level:.2g}; "
               f"P(canary slower) {mw.effect:.2f}; n {fmt(n_c)} vs {fmt(n_s)}")
@@ -472,7 +486,8 @@ def judge_statistical(evidence: Evidence, window: WindowCounts, analysis: Analys
     if look is not None:
         ev = ev.model_copy(update={"looks": look})
     errors = _sprt(ev, gate, st) if mode == "sequential" else _compare_errors(ev, gate, st, look)
-    latency = _latency(ev, win, gate, st, analysis.min_requests, look if latency_ready else None)
+    latency = _latency(ev, win, gate, st, analysis.min_requests, look if latency_ready else None,
+                       hold=mode == "sequential")
     metrics = [gate.verdict, errors, latency]
     verdict = Verdict(
         outcome=worst(m.outcome for m in metrics),

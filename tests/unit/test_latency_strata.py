@@ -220,3 +220,19 @@ def test_error_false_fails_on_good_canaries_stay_within_alpha(mode: str) -> None
                 fails += 1
                 break
     assert fails <= 27, f"{fails} false error fails in 600 good rollouts (alpha' = 0.025)"
+
+
+def test_sequential_holds_the_step_while_the_tail_leans_slower() -> None:
+    """Before the tail test is significant, a tail leaning slower (z >= 2) holds the step in `sequential`
+    mode instead of passing it: a 5-minute rollout would otherwise promote a canary whose p99 is up by
+    half before its few slow requests add up. `compare` passes on the same numbers."""
+    bad = probs(tail_share=0.02, tail_factor=4.0)
+    windows = [win(100, bad, 900, probs())] * 30
+    for mode, held_outcome in (("sequential", "inconclusive"), ("compare", "pass")):
+        verdicts = run(windows, Analysis(mode=mode, every="10s", min_requests=200))  # type: ignore[arg-type]
+        leaning = [v for v in verdicts if v["outcome"] != "fail"
+                   and float(v["details"].get("z_tail", 0)) >= 2.0]  # type: ignore[attr-defined]
+        assert leaning, mode
+        assert all(v["outcome"] == held_outcome for v in leaning), (mode, [v["reason"] for v in leaning][:1])
+        if mode == "sequential":
+            assert all("holding the step" in str(v["reason"]) for v in leaning)
