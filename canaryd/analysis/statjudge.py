@@ -61,9 +61,10 @@ ERROR_CHECK = "error-rate"
 LATENCY_CHECK = "latency"
 
 ALPHA_SHARE = 0.5
-"""Each of the two built-in checks gets this share of `Statistics.alpha` (Bonferroni): the judge as a whole
-then rolls back a good canary with probability <= alpha over the rollout, which is what a user reads
-`alpha` as."""
+"""Each of the two built-in checks gets this share of `Statistics.alpha` (Bonferroni). The statistical fails
+of a good canary are then bounded by alpha' (latency, spent levels) plus alpha'/(1 - beta) (the SPRT: Ville's
+bound for Wald's boundary), about 1.03 alpha at beta = 0.05. Rollbacks through maxHold come on top and are
+not bounded by alpha: bench/decisions.py measures them with the rest (README, "Which judge")."""
 
 
 TAIL_MIN_EXPECTED = 5.0
@@ -86,11 +87,13 @@ PASS_LLR = 1.0
 is at most e (2.7) times as likely as a tolerated canary. Between this and the rejection boundary the check
 is inconclusive, which holds the step: the SPRT keeps collecting at the current (low) weight, where the
 stable revision's traffic makes it learn fastest, instead of letting a leaning-bad canary advance on the
-clock and be promoted before the evidence is in. Holding costs no false rollbacks (the boundary is valid
-at any stopping time), only time; 0 would hold good canaries at low error rates for a long time after a
-single canary error (one error moves the llr by ~ln(errorRatio)), a larger value lets more bad canaries
-through (bench/decisions.py, 2x errors at 10 req/s and a 1 % baseline: 6.5 % promoted with 1, 26 % with no
-hold, while 0 rolled back 11 % of good canaries at 1 req/s and 0.1 % errors through maxHold)."""
+clock and be promoted before the evidence is in. Holding does not raise the SPRT's own error (the boundary
+is valid at any stopping time), but it is not free: a hold past maxHold rolls the canary back, a false
+rollback that alpha does not bound (the bench counts it). 0 would hold good canaries at low error rates for
+a long time after a single canary error (one error moves the llr by ~ln(errorRatio)), a larger value lets
+more bad canaries through (bench/decisions.py, 2x errors at 10 req/s and a 1 % baseline: 6.5 % promoted
+with 1, 26 % with no hold, while 0 rolled back 11 % of good canaries at 1 req/s and 0.1 % errors through
+maxHold)."""
 
 
 class Evidence(BaseModel):
