@@ -16,6 +16,11 @@ independent of its latency; given the window's n, errors are Binomial(n, p), sam
 skipping when n*p < 25 and by the normal approximation (rounded, clipped to [0, n]) above, where its
 error is far below the Monte Carlo noise.
 
+Fresh data (issue 14 items 1-2), canaryd's judges only: rows where Prometheus stalls (60-120 s) or 20 % of
+the readings are missed give those analyses no data (inconclusive, as canaryd's adapter reports a reading
+without fresh samples), and the next reading counts everything since the last one, over its real span.
+The Flagger and Argo columns of those rows are not affected (their checks are not modelled to miss data).
+
 Judges, all on the same canary traffic (common random numbers; the stable traffic depends on each
 judge's weight, so each canaryd judge draws its own stable windows):
 
@@ -102,6 +107,10 @@ class Regression:
     tail_factor: float = 1.0
     #: A load trend both revisions share (not a regression): latency grows by this much over TREND_S.
     shared_trend: float = 0.0
+    #: canaryd's readings only (issue 14 items 1-2): no data while Prometheus is stalled (start, end s),
+    #: or for this share of the analyses (missed scrapes); the next reading counts all since the last one.
+    stall: tuple[int, int] | None = None
+    missed_share: float = 0.0
     #: Only at these rates (the extra shapes run at the target rate, to keep the run short).
     rates: tuple[int, ...] = tuple(RATES)
 
@@ -123,6 +132,10 @@ REGRESSIONS = [
     Regression("tail: 2% x4", tail_share=0.02, tail_factor=4.0, rates=(10,)),
     Regression("tail: 5% x2.5", tail_share=0.05, tail_factor=2.5, rates=(10,)),
     Regression("tail: 1% x8", tail_share=0.01, tail_factor=8.0, rates=(10,)),
+    Regression("none, Prometheus stalled 60-120 s", stall=(60, 120), rates=(10,)),
+    Regression("errors x2, Prometheus stalled 60-120 s", error_factor=2.0, stall=(60, 120), rates=(10,)),
+    Regression("none, 20% of readings missed", missed_share=0.2, rates=(10,)),
+    Regression("errors x2, 20% of readings missed", error_factor=2.0, missed_share=0.2, rates=(10,)),
 ]
 
 
@@ -356,9 +369,14 @@ def _revision(name: str, c: Counts) -> RevisionCounts:
                           latency_bounds_ms=[float(b) for b in BOUNDS_MS], latency_counts=[float(x) for x in c.buckets])
 
 
+def _no_data(name: str) -> RevisionCounts:
+    return RevisionCounts(revision=name, requests=None, errors=None)
+
+
 def run_canaryd(mode: JudgeMode, analysis: Analysis, canary: CanaryStream, stable: Traffic, sampler: Sampler,
-                max_s: float) -> Result:
+                max_s: float, reg: Regression | None = None) -> Result:
     evidence = Evidence()
+    behind: tuple[Counts, Counts, int] | None = None  # counts not read yet (stall, missed readings), windows
     # The canary's first `warmup` seconds are not analysed (the policy's default, 30 s), but they are its
     # time: every time in the table counts from the canary's first traffic.
     t = WARMUP_S
@@ -372,7 +390,17 @@ def run_canaryd(mode: JudgeMode, analysis: Analysis, canary: CanaryStream, stabl
         lam = canary.rate * TICK_S * (100 - weight) / weight
         probs, cumulative = stable.at(start_s)
         s = sampler.window(lam, stable.error_rate, probs, cumulative)
-        window = WindowCounts(window_s=TICK_S, canary=_revision("canary", c), stable=_revision("stable", s))
+        stalled = reg is not None and reg.stall is not None and reg.stall[0] < t and start_s < reg.stall[1]
+        if reg is not None and (stalled or (reg.missed_share and sampler.rng.random() < reg.missed_share)):
+            # No fresh data (canaryd's adapter says so): inconclusive, and the next reading counts it all.
+            behind = (c, s, 1) if behind is None else (behind[0] + c, behind[1] + s, behind[2] + 1)
+            window = WindowCounts(window_s=0.0, canary=_no_data("canary"), stable=_no_data("stable"))
+        else:
+            span = TICK_S
+            if behind is not None:
+                c, s, span = behind[0] + c, behind[1] + s, TICK_S * (behind[2] + 1)
+                behind = None
+            window = WindowCounts(window_s=span, canary=_revision("canary", c), stable=_revision("stable", s))
         verdict, evidence = judge_statistical(evidence, window, analysis)
         if verdict.outcome == "fail":
             return Result("rollback", t)
@@ -446,7 +474,7 @@ def run(trials: int, good_trials: int, seed: int, statistics_: Statistics | None
             for mode in ("compare", "sequential"):
                 sampler = Sampler(random.Random(f"{seed}/{si}/{trial}/stable/{mode}"))
                 cells[f"canaryd {mode}"].results.append(
-                    run_canaryd(mode, analyses[mode], stream, stable_traffic, sampler, max_s))
+                    run_canaryd(mode, analyses[mode], stream, stable_traffic, sampler, max_s, reg))
         if progress:
             progress(f"{si + 1}/{len(scenarios())} {sc.label} {time.perf_counter() - started:.0f}s")
     report.seconds = time.perf_counter() - started
