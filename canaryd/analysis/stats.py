@@ -181,6 +181,8 @@ class MannWhitney:
     effect: float
     canary_n: float
     stable_n: float
+    #: Tie-corrected variance of U under "same distribution" (0: no ordering information).
+    variance: float = 0.0
 
 
 def mann_whitney_buckets(canary: Sequence[float], stable: Sequence[float], *, continuity: bool = True) -> MannWhitney:
@@ -220,10 +222,11 @@ def mann_whitney_buckets(canary: Sequence[float], stable: Sequence[float], *, co
     variance = n_c * n_s / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0)))
     effect = u / (n_c * n_s)
     if variance <= 0.0:  # everything in one bucket: no ordering information at all
-        return MannWhitney(u=u, z=0.0, p_value=1.0, effect=effect, canary_n=n_c, stable_n=n_s)
+        return MannWhitney(u=u, z=0.0, p_value=1.0, effect=effect, canary_n=n_c, stable_n=n_s, variance=0.0)
     numerator = u - mean - (0.5 if continuity else 0.0)
     z = numerator / math.sqrt(variance)
-    return MannWhitney(u=u, z=z, p_value=normal_sf(z), effect=effect, canary_n=n_c, stable_n=n_s)
+    return MannWhitney(u=u, z=z, p_value=normal_sf(z), effect=effect, canary_n=n_c, stable_n=n_s,
+                       variance=variance)
 
 
 def histogram_quantile(bounds: Sequence[float], counts: Sequence[float], q: float) -> float | None:
@@ -286,11 +289,8 @@ def rank_stratum(canary: Sequence[float], stable: Sequence[float]) -> StratumPar
     if n_c <= 0 or n_s <= 0:
         return StratumParts()
     mw = mann_whitney_buckets(canary, stable, continuity=False)
-    n = n_c + n_s
-    tie_term = sum((c + s) ** 3 - (c + s) for c, s in zip(canary, stable, strict=True))
-    variance = n_c * n_s / 12.0 * ((n + 1.0) - tie_term / (n * (n - 1.0))) if n > 1 else 0.0
-    w = 1.0 / (n + 1.0)
-    return StratumParts(excess=(mw.u - n_c * n_s / 2.0) * w, variance=max(0.0, variance) * w * w)
+    w = 1.0 / (n_c + n_s + 1.0)
+    return StratumParts(excess=(mw.u - n_c * n_s / 2.0) * w, variance=max(0.0, mw.variance) * w * w)
 
 
 def tail_stratum(canary: Sequence[float], stable: Sequence[float], q: float) -> StratumParts:
@@ -319,7 +319,7 @@ def tail_stratum(canary: Sequence[float], stable: Sequence[float], q: float) -> 
             edge = i
             break
     above_c = float(sum(canary[edge + 1:]))
-    k = float(sum(canary[edge + 1:])) + float(sum(stable[edge + 1:]))
+    k = above_c + float(sum(stable[edge + 1:]))
     if k <= 0:
         return StratumParts()
     pi = n_c / n
