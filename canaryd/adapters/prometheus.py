@@ -335,14 +335,17 @@ class PrometheusSource:
         previous: dict[str, dict[str, float]],
         window_start: float,
         *,
+        latency_start: float | None = None,
         at: float | None = None,
     ) -> tuple[list[RevisionCounts], dict[str, dict[str, float]], list[str]]:
         """Exact counts of each revision since its previous readings (for the statistical judges).
 
         Reads the raw counters at `at` and differences them per series (`canaryd.analysis.counters`).
         A revision without previous readings is first read at `window_start`, so its first window counts
-        from there. Returns the counts (in `revisions` order, None counts where a query failed), the
-        readings to keep for the next analysis, and the queries run.
+        from there; its latency buckets, with `latency_start`, from that later instant instead (the policy's
+        warmup: a cold start slows requests, it rarely fails them, so errors count from the canary's first
+        request and latency from the end of the warmup). Returns the counts (in `revisions` order, None
+        counts where a query failed), the readings to keep for the next analysis, and the queries run.
 
         Only fresh samples count: each series' newest sample within `max_sample_age_s` of the instant
         read (a range selection, so Prometheus' 5-minute lookback cannot pass off an old sample as the
@@ -371,7 +374,8 @@ class PrometheusSource:
             ran += [req_q, bucket_q]
             prev = previous.get(revision)
             if prev is None:
-                prev = self._first_reading(revision, req_q, bucket_q, min(window_start, run.at), run)
+                lat_at = None if latency_start is None else min(max(latency_start, window_start), run.at)
+                prev = self._first_reading(revision, req_q, bucket_q, min(window_start, run.at), run, lat_at)
             if self.batch:
                 req, req_error = self._shared_vector(run, counters.namespace_requests_query(self.profile, namespace))
                 buckets, bucket_error = self._shared_vector(
@@ -412,12 +416,13 @@ class PrometheusSource:
 
     def window_counts(
         self, namespace: str, canary: str, stable: str | None, previous: dict[str, dict[str, float]],
-        window_start: float, *, at: float | None = None,
+        window_start: float, *, latency_start: float | None = None, at: float | None = None,
     ) -> tuple[WindowCounts, dict[str, dict[str, float]]]:
         """`read_counts` for a canary and its stable revision over the same window."""
         now = self._instant(time.time() if at is None else at)
         names = [canary] + ([stable] if stable is not None else [])
-        counted, kept, ran = self.read_counts(namespace, names, previous, window_start, at=now)
+        counted, kept, ran = self.read_counts(namespace, names, previous, window_start, latency_start=latency_start,
+                                              at=now)
         # The span the canary's counts cover: between the newest samples of the two readings differenced.
         c = counted[0]
         window = max(0.0, c.until - c.since) if c.since is not None and c.until is not None else 0.0
@@ -453,28 +458,33 @@ class PrometheusSource:
         with self._count_lock:
             self.queries_sent += 1
 
-    def _first_reading(self, revision: str, req_q: str, bucket_q: str, at: float, run: _Read
-                       ) -> dict[str, float] | None:
-        """The readings a revision's first window counts from: its counters at the window's start `at`,
-        or None when they cannot be read (then the current reading becomes the start).
+    def _first_reading(self, revision: str, req_q: str, bucket_q: str, at: float, run: _Read,
+                       latency_at: float | None = None) -> dict[str, float] | None:
+        """The readings a revision's first window counts from: its request counters at the window's start
+        `at` and its latency buckets at `latency_at` (default `at`), or None when they cannot be read
+        (then the current reading becomes the start).
 
-        Without a fresh sample at `at`, the last sample within Prometheus' usual lookback (5 minutes)
-        before it is the start, and the readings say when it was taken: a series that merely missed its
-        scrapes around `at` must not count later from zero, its whole history. Only a revision with no
-        sample in those 5 minutes has no series yet, and its series count from zero (new pods).
+        Without a fresh sample at that instant, the last sample within Prometheus' usual lookback (5
+        minutes) before it is the start, and the readings say when it was taken: a series that merely
+        missed its scrapes around `at` must not count later from zero, its whole history. Only a revision
+        with no sample in those 5 minutes has no series yet, and its series count from zero (new pods).
+        The readings' time is that of the request counters: the span the error counts cover.
         """
-        start = _Read(at=at, broken=run.broken)
-        req, _ = self._query_vector(start, req_q)
-        buckets, _ = self._query_vector(start, bucket_q)
-        if req is not None and buckets is not None and not req and not buckets:
-            req, _ = self._query_vector(start, req_q, max_age_s=_LOOKBACK_S)
-            buckets, _ = self._query_vector(start, bucket_q, max_age_s=_LOOKBACK_S)
-        run.broken = run.broken or start.broken
+        req = self._starting_vector(req_q, at, run)
+        buckets = self._starting_vector(bucket_q, at if latency_at is None else latency_at, run)
         if req is None or buckets is None:
             return None
         _, readings = counters.count(revision, self.profile, _plain(req), _plain(buckets), None)
-        readings[_AT] = _newest(req + buckets, at)
+        readings[_AT] = _newest(req, _newest(buckets, at)) if req else _newest(buckets, at)
         return readings
+
+    def _starting_vector(self, selector: str, at: float, run: _Read) -> list[_Stamped] | None:
+        start = _Read(at=at, broken=run.broken)
+        vector, _ = self._query_vector(start, selector)
+        if vector is not None and not vector:
+            vector, _ = self._query_vector(start, selector, max_age_s=_LOOKBACK_S)
+        run.broken = run.broken or start.broken
+        return vector
 
     def _select(self, revision: str, series: list[_Stamped]) -> list[_Stamped]:
         """`counters.select` for stamped series: the revision's own among a namespace's."""

@@ -145,9 +145,10 @@ class Controller:
                     list(p.analysis.metrics), request.window_s, at=at,
                 )
             if statistical and request.window_start is not None:
+                counts_start = request.counts_start or request.window_start
                 counts, readings = self.a.prometheus.window_counts(
                     request.namespace, request.canary_revision, request.stable_revision, request.counters,
-                    request.window_start.timestamp(), at=at,
+                    counts_start.timestamp(), latency_start=request.window_start.timestamp(), at=at,
                 )
                 samples = samples.model_copy(update={"counts": counts})
             for observe in self.on_analysis:

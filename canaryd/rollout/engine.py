@@ -91,7 +91,14 @@ def component_percent(live: LiveService, component: str) -> int | None:
 
 
 def analysis_request(state: RolloutState, policy: PolicySpec, now: datetime) -> AnalysisRequest | None:
-    """Whether an analysis is due now, and over which window (the current step so far, after warmup)."""
+    """Whether an analysis is due now, and over which window (the current step so far, after warmup).
+
+    The warmup delays the first analysis and keeps the canary's first seconds out of its latency (a cold
+    start, a model loading through the activator, slows requests) and out of threshold-mode windows. The
+    statistical judges' request and error counts start with the step instead, for the first step at the
+    canary's first traffic: a cold start rarely fails requests, and the 30 s of errors a warmup would
+    throw away are a quarter of what a doubled 1 % error rate needs to show (bench/decisions.py).
+    """
     st = state.status
     if st.phase not in _ANALYSING or st.canary_revision is None:
         return None
@@ -109,6 +116,7 @@ def analysis_request(state: RolloutState, policy: PolicySpec, now: datetime) -> 
         window_s=(now - start).total_seconds(),
         mode=p.analysis.mode,
         window_start=start,
+        counts_start=min(start, st.step_started_at) if st.step_started_at is not None else start,
         counters=dict(st.counters) if statistical(p.analysis) else {},
     )
 

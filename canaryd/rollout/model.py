@@ -137,8 +137,11 @@ class AnalysisRequest:
     window_s: float
     #: The judge (`analysis.mode`): the statistical ones also need exact counts (`counters` below).
     mode: str = "threshold"
-    #: When the window began, and the raw counter readings kept from the previous analysis.
+    #: When the window began (after the warmup), and the raw counter readings kept from the previous analysis.
     window_start: datetime | None = None
+    #: When the statistical judges' request and error counts begin: the step's start, which for the first
+    #: step is the canary's first traffic (the warmup excludes latency only, see `engine.analysis_request`).
+    counts_start: datetime | None = None
     counters: dict[str, dict[str, float]] = field(default_factory=dict)
 
 

@@ -429,6 +429,29 @@ def test_counts_state_the_span_between_the_samples_they_difference(world: World)
     assert w.window_s == pytest.approx(c.until - c.since) and w.window_s > 0
 
 
+def test_latency_counts_start_after_the_warmup_and_errors_before_it(world: World) -> None:
+    """The first window of a rollout counts requests and errors from the canary's first traffic and latency
+    only from the end of the warmup (`latency_start`): each from the reading at its own instant."""
+    source = PrometheusSource(world.prom.url)
+    world.prom.wait_for_series(f'count_over_time(revision_request_count{{revision_name="{CANARY}"}}[12s]) >= 10',
+                               timeout=30)
+    now = time.time()
+    start, warm, at = now - 7.5, now - 4.5, now - 0.5
+    w, _ = source.window_counts(NS, CANARY, STABLE, {}, start, latency_start=warm, at=at)
+
+    def raw(metric: str, when: float) -> float:
+        value, error = source.query(f'sum({metric}{{revision_name="{CANARY}"}})', at=when)
+        assert error is None and value is not None, (when - now, metric, error)
+        return value
+
+    c = w.canary
+    assert c.requests == raw("revision_request_count", at) - raw("revision_request_count", start)
+    latency = raw("revision_request_latencies_count", at) - raw("revision_request_latencies_count", warm)
+    assert sum(c.latency_counts) == latency and 0 < latency < c.requests
+    assert c.since is not None and start - 3 <= c.since <= start, "the window is the span of the error counts"
+    assert w.window_s == pytest.approx(c.until - c.since) if c.until is not None else False
+
+
 def test_exact_counts_of_an_unknown_revision_are_zero_not_made_up(world: World) -> None:
     source = PrometheusSource(world.prom.url)
     now = time.time()

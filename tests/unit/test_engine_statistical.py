@@ -179,6 +179,24 @@ def test_readings_and_window_start_go_into_the_analysis_request() -> None:
     assert r.state.status.counters == {rev(2): {"r:x": 2.0}}
 
 
+def test_warmup_keeps_latency_out_but_errors_count_from_the_canarys_first_traffic() -> None:
+    """Issue 14: the warmup threw away the error evidence of a canary's first 30 s. The first analysis is
+    still due only after the warmup, and its latency window starts there; its request and error counts
+    start at the canary's first traffic. Later steps count everything from their own start."""
+    pol = stat_policy("sequential", warmup="30s")
+    svc = live(created=2, ready=2, rolledout=1, percent=0)
+    d = decide(initializing(pol=pol), Observation(desired=V2, live=svc), pol, at(30))
+    ready = d.state.status.ready_at
+    assert ready is not None and d.state.status.step_started_at == ready
+    assert analysis_request(d.state, pol, ready + timedelta(seconds=29)) is None, "no analysis before the warmup"
+    first = analysis_request(d.state, pol, ready + timedelta(seconds=40))
+    assert first is not None and first.window_start == ready + timedelta(seconds=30)
+    assert first.counts_start == ready and first.window_s == 10.0
+    later = d.state.evolve(step=1, weight=50, step_started_at=ready + timedelta(seconds=70), next_check_at=None)
+    second = analysis_request(later, pol, ready + timedelta(seconds=80))
+    assert second is not None and second.window_start == second.counts_start == ready + timedelta(seconds=70)
+
+
 def test_threshold_mode_keeps_no_evidence() -> None:
     pol = policy()
     assert pol.analysis.mode == "threshold"
