@@ -11,16 +11,19 @@ The two modes differ in what they accumulate and how they test errors (latency i
 * `sequential`: everything accumulates over the whole rollout. Errors: Wald's SPRT of "canary error
   rate = toleratedErrorRatio x stable's" against "= errorRatio x stable's", on the canary's share of the
   errors (the baseline rate cancels, see `stats.canary_error_share`). Its rejection boundary is valid at
-  any sample size and any number of looks, so a clear regression fails within seconds.
+  any sample size and any number of looks, so a clear regression fails within seconds. Beside it, one
+  planned look (`_planned_look`): an exact test of the canary's errors once LOOK_EXPECTED of them are
+  expected, which catches a doubled error rate sooner than any boundary valid at every look can.
 * `compare`: counts restart at every step (weights change, so each step is judged on its own traffic)
   and errors are tested with the exact conditional binomial test at a spent level.
 
 Rules that hold in both modes:
 
 * A `fail` needs evidence whose error probability is bounded over the whole rollout: the SPRT
-  boundary, or a repeated test at its spent level `alpha_k = alpha' 6/(pi^2 k^2)` (k = look). The
-  rollout-wide budget `alpha` is split evenly between the two built-in checks (alpha' = alpha/2 each),
-  so a good canary is rolled back by this judge with probability <= alpha in total.
+  boundary, the planned look at its own level, or a repeated test at its spent level
+  `alpha_k = alpha' 6/(pi^2 k^2)` (k = look). The rollout-wide budget `alpha` is split between the two
+  built-in checks (ERROR_ALPHA_SHARE), so a good canary is rolled back by this judge's tests with
+  probability <= about alpha in total.
 * Repeated tests fail only when the difference is also big enough to matter (minimum effect): at high
   traffic, a significant but tiny difference is not a regression.
 * A `pass` needs `minRequests` requests of the canary *and* of the stable revision in the judged scope
@@ -60,11 +63,30 @@ from canaryd.policy import Analysis, JudgeMode, Statistics
 ERROR_CHECK = "error-rate"
 LATENCY_CHECK = "latency"
 
-ALPHA_SHARE = 0.5
-"""Each of the two built-in checks gets this share of `Statistics.alpha` (Bonferroni). The statistical fails
-of a good canary are then bounded by alpha' (latency, spent levels) plus alpha'/(1 - beta) (the SPRT: Ville's
-bound for Wald's boundary), about 1.03 alpha at beta = 0.05. Rollbacks through maxHold come on top and are
-not bounded by alpha: bench/decisions.py measures them with the rest (README, "Which judge")."""
+ERROR_ALPHA_SHARE = 0.8
+"""The error check's share of `Statistics.alpha`; latency gets the rest (Bonferroni). Most of it goes to
+errors because that is where it buys most: a latency regression big enough to matter (minLatencyRatio)
+shows in thousands of observations within a minute and hardly needs a looser level, while a doubled error
+rate shows only in a few dozen errors, and a looser level is what makes it conclusive sooner
+(bench/decisions.py: with an even split the planned look could not reach its even-odds level). The
+statistical fails of a good canary are bounded by the latency share (spent levels) plus, for errors, the
+planned look's share plus the SPRT's share / (1 - beta) (Ville's bound for Wald's boundary): about
+1.01 alpha at beta = 0.05. Rollbacks through maxHold come on top and are not bounded by alpha:
+bench/decisions.py measures them with the rest (README, "Which judge")."""
+
+LOOK_ALPHA_SHARE = 0.7
+"""`sequential`: the planned look's share of the error check's alpha; the SPRT gets the rest. The look
+decides the median time to catch a doubled error rate (the SPRT's boundary, valid at every look, needs
+ln((1 - beta)/alpha) nats whatever the data); the SPRT catches what the look missed, and anything that
+starts failing later. At the defaults the look tests at 0.0056, the SPRT at 0.0024."""
+
+LOOK_EXPECTED = 9.0
+"""`sequential`: the planned look comes at the first analysis where this many canary errors are expected
+under "no regression" (the stratified sum of each window's errors times the canary's share). At 9, a
+doubled error rate (18 expected) is about even odds to be significant at the look's default level (an
+exact Poisson tail: P(X >= 18 | 9) = 0.0053): fewer make the look weaker than it is early, more make it
+later (at 10 req/s on a 1 % baseline: 90 s from the canary's first request). Traffic too low to expect 9
+errors within the rollout never gets the look, and the SPRT judges alone."""
 
 
 TAIL_MIN_EXPECTED = 5.0
@@ -132,6 +154,11 @@ class Evidence(BaseModel):
     tail_third: float = 0.0
     #: Canary observations expected above the windows' pooled quantile if it were no slower.
     tail_expected: float = Field(default=0.0, ge=0)
+    #: Canary errors expected if its error rate were toleratedErrorRatio x stable's, given each window's
+    #: errors and traffic split (the planned look's information).
+    error_expected: float = Field(default=0.0, ge=0)
+    #: Whether the planned look happened (it happens once per rollout; `sequential` only).
+    planned_look: bool = False
 
     @model_validator(mode="after")
     def _buckets(self) -> Evidence:
@@ -237,6 +264,7 @@ def _add(evidence: Evidence, window: WindowCounts, statistics: Statistics) -> tu
             stable_requests=evidence.stable_requests + n_s,
             stable_errors=evidence.stable_errors + e_s,
             windows=evidence.windows + 1,
+            error_expected=evidence.error_expected + _expected_canary_errors(counts, statistics),
         )
     if latency is not None:
         bounds, c_counts, s_counts = latency
@@ -257,6 +285,17 @@ def _add(evidence: Evidence, window: WindowCounts, statistics: Statistics) -> tu
         update.update(latency_bounds_ms=bounds, canary_latency=c_counts, stable_latency=s_counts)
     new = Evidence.model_validate({**evidence.model_dump(), **update})
     return new, _Window(counts=counts, latency=latency, missing=missing, latency_missing=latency_missing)
+
+
+def _expected_canary_errors(counts: tuple[float, float, float, float], st: Statistics) -> float:
+    """The window's errors times the canary's share of them under H0: the canary's expected errors given
+    the window's total (a side that served nothing takes none, or all)."""
+    n_c, e_c, n_s, e_s = counts
+    if n_c <= 0:
+        return 0.0
+    if n_s <= 0:
+        return e_c
+    return (e_c + e_s) * stats.canary_error_share(st.tolerated_error_ratio, n_c, n_s)
 
 
 # --- checks --------------------------------------------------------------------------------------
@@ -327,8 +366,39 @@ def _gate(ev: Evidence, win: _Window, min_requests: int, scope: str) -> _Gate:
                                details=details), True)
 
 
-def _sprt(ev: Evidence, gate: _Gate, st: Statistics) -> MetricVerdict:
-    alpha = st.alpha * ALPHA_SHARE
+@dataclass(frozen=True)
+class _Look:
+    failed: bool
+    text: str
+    details: dict[str, float]
+
+
+def _planned_look(ev: Evidence, st: Statistics) -> _Look:
+    """The one planned look of `sequential` mode: are the canary's errors so far beyond H0's expectation?
+
+    Under H0 each window's errors fall to the canary independently with the window's share pi_w
+    (`stats.canary_error_share`), so the canary's total is a sum of binomials (Poisson-binomial) with mean
+    `error_expected`. Its tail is bounded by that of one binomial with the same mean over all M errors
+    (Hoeffding 1956, Theorem 4, for counts at least the mean + 2), so the p-value below is exact or
+    conservative. When the look comes depends only on the errors' totals and the traffic, never on
+    their split, so the test keeps its level; a fail also needs the minimum effect of `compare`.
+    """
+    alpha = st.alpha * ERROR_ALPHA_SHARE * LOOK_ALPHA_SHARE
+    e_c = round(ev.canary_errors)
+    m = e_c + round(ev.stable_errors)
+    expected = ev.error_expected
+    p = stats.binomial_sf(e_c, m, min(1.0, expected / m)) if m > 0 and e_c >= expected + 2 else 1.0
+    ratio = error_ratio_estimate(ev.canary_errors, ev.canary_requests, ev.stable_errors, ev.stable_requests)
+    need = min_error_ratio(st)
+    failed = p <= alpha and ratio >= need
+    text = (f"planned look at {fmt(expected)} expected canary errors: {e_c} observed, p {p:.2g} "
+            f"{'<=' if p <= alpha else '>'} {alpha:.2g} (exact binomial bound), ratio {fmt(ratio)} "
+            f"{'>=' if ratio >= need else '<'} {fmt(need)}")
+    return _Look(failed, text, {"look_p": p, "look_alpha": alpha, "look_expected": expected})
+
+
+def _sprt(ev: Evidence, gate: _Gate, st: Statistics, look: _Look | None = None) -> MetricVerdict:
+    alpha = st.alpha * ERROR_ALPHA_SHARE * (1.0 - LOOK_ALPHA_SHARE)
     lower, upper = stats.sprt_bounds(alpha, st.beta)
     ratio = error_ratio_estimate(ev.canary_errors, ev.canary_requests, ev.stable_errors, ev.stable_requests)
     details = _count_details(ev, ratio) | {
@@ -338,8 +408,13 @@ def _sprt(ev: Evidence, gate: _Gate, st: Statistics) -> MetricVerdict:
     counts = (f"canary {_pct(ev.canary_errors, ev.canary_requests)} vs stable "
               f"{_pct(ev.stable_errors, ev.stable_requests)}; ratio {fmt(ratio)} vs H0 "
               f"{fmt(st.tolerated_error_ratio)}, H1 {fmt(st.error_ratio)}")
+    if look is not None:
+        details |= look.details
     outcome: Outcome
-    if ev.llr >= upper:
+    if look is not None and look.failed:
+        outcome = "fail"
+        reason = f"{look.text}; SPRT llr {ev.llr:.2f} (boundary {upper:.2f}); {counts}"
+    elif ev.llr >= upper:
         outcome = "fail"
         reason = f"SPRT llr {ev.llr:.2f} >= {upper:.2f} (ln((1-beta)/alpha), alpha={fmt(alpha)}); {counts}"
     else:
@@ -371,7 +446,7 @@ def min_error_ratio(st: Statistics) -> float:
 
 
 def _compare_errors(ev: Evidence, gate: _Gate, st: Statistics, look: int | None) -> MetricVerdict:
-    alpha = st.alpha * ALPHA_SHARE
+    alpha = st.alpha * ERROR_ALPHA_SHARE
     ratio = error_ratio_estimate(ev.canary_errors, ev.canary_requests, ev.stable_errors, ev.stable_requests)
     need = min_error_ratio(st)
     details = _count_details(ev, ratio) | {"min_ratio": need, "h0_ratio": st.tolerated_error_ratio}
@@ -422,7 +497,7 @@ def _latency(ev: Evidence, win: _Window, gate: _Gate, st: Statistics, min_reques
     # Two stratified tests share the latency check's level: the rank test sees a shift of the whole
     # distribution, the tail test a regression of the quantile the policy names (a few percent of requests
     # much slower, which a rank test hardly sees). Either may fail the check.
-    level = stats.spent_alpha(st.alpha * ALPHA_SHARE, look) / 2.0
+    level = stats.spent_alpha(st.alpha * (1.0 - ERROR_ALPHA_SHARE), look) / 2.0
     mw = stats.mann_whitney_buckets(ev.canary_latency, ev.stable_latency)  # shown: P(canary slower)
     z_rank, p_rank = stats.stratified_sf(ev.rank_excess, ev.rank_variance)
     tail_ready = ev.tail_expected >= TAIL_MIN_EXPECTED
@@ -488,7 +563,12 @@ def judge_statistical(evidence: Evidence, window: WindowCounts, analysis: Analys
     look = ev.looks + 1 if spends else None
     if look is not None:
         ev = ev.model_copy(update={"looks": look})
-    errors = _sprt(ev, gate, st) if mode == "sequential" else _compare_errors(ev, gate, st, look)
+    planned = None
+    if (mode == "sequential" and win.counts is not None and not ev.planned_look
+            and ev.error_expected >= LOOK_EXPECTED):
+        ev = ev.model_copy(update={"planned_look": True})
+        planned = _planned_look(ev, st)
+    errors = _sprt(ev, gate, st, planned) if mode == "sequential" else _compare_errors(ev, gate, st, look)
     latency = _latency(ev, win, gate, st, analysis.min_requests, look if latency_ready else None,
                        hold=mode == "sequential")
     metrics = [gate.verdict, errors, latency]

@@ -14,9 +14,11 @@ from canaryd.analysis import stats
 from canaryd.analysis.judge import REQUESTS_CHECK
 from canaryd.analysis.samples import RevisionCounts, Verdict, WindowCounts
 from canaryd.analysis.statjudge import (
-    ALPHA_SHARE,
+    ERROR_ALPHA_SHARE,
     ERROR_CHECK,
     LATENCY_CHECK,
+    LOOK_ALPHA_SHARE,
+    LOOK_EXPECTED,
     PASS_LLR,
     Evidence,
     error_ratio_estimate,
@@ -85,12 +87,16 @@ def run(mode: JudgeMode, windows: list[WindowCounts], a: Analysis | None = None)
 # --- the verdicts --------------------------------------------------------------------------------
 
 
+SPRT_ALPHA = 0.01 * ERROR_ALPHA_SHARE * (1 - LOOK_ALPHA_SHARE)
+
+
 def test_sequential_fails_a_doubled_error_rate_with_numbers_in_the_reason() -> None:
-    # the example of the issue: canary 31/1500, stable 140/13500 gives llr 5.19 in one window...
-    verdict, ev = run("sequential", [window(1500, 31, 13500, 140)])
-    _, upper = stats.sprt_bounds(0.01 * ALPHA_SHARE, 0.05)
+    # the SPRT alone (the planned look already spent): canary 31/1500, stable 140/13500 gives llr 5.19...
+    a = analysis("sequential")
+    verdict, ev = judge_statistical(Evidence(planned_look=True), window(1500, 31, 13500, 140), a)
+    _, upper = stats.sprt_bounds(SPRT_ALPHA, 0.05)
     assert ev.llr == pytest.approx(stats.error_llr_increment(31, 140, 1500, 13500, 1.0, 2.0))
-    assert ev.llr < upper  # 5.19 < ln(0.95/0.005) = 5.25: not yet
+    assert ev.llr < upper  # 5.19 < ln(0.95/0.0024) = 5.98: not yet
     assert outcome(verdict, ERROR_CHECK) == "inconclusive"  # holding: the errors favour a regression
     assert "holding" in str(metric(verdict, ERROR_CHECK)["reason"])
     # ...and a second such window crosses the boundary
@@ -101,7 +107,7 @@ def test_sequential_fails_a_doubled_error_rate_with_numbers_in_the_reason() -> N
     assert err["statistic"] == pytest.approx(ev.llr)
     assert err["threshold"] == pytest.approx(upper)
     reason = str(err["reason"])
-    assert reason.startswith(f"SPRT llr {ev.llr:.2f} >= {upper:.2f} (ln((1-beta)/alpha), alpha=0.005)")
+    assert reason.startswith(f"SPRT llr {ev.llr:.2f} >= {upper:.2f} (ln((1-beta)/alpha), alpha=0.0024)")
     assert "canary 62/3000 errors (2.07%) vs stable 280/27000 errors (1.04%)" in reason
     assert "H1 2" in reason
     details = err["details"]
@@ -109,6 +115,40 @@ def test_sequential_fails_a_doubled_error_rate_with_numbers_in_the_reason() -> N
     assert details["canary_errors"] == 62 and details["stable_requests"] == 27000
     assert details["llr"] == pytest.approx(ev.llr)
     assert err["value"] == pytest.approx(62 / 3000) and err["baseline"] == pytest.approx(280 / 27000)
+
+
+def test_planned_look_fails_a_doubled_error_rate_before_the_sprt_can() -> None:
+    """Issue 14: a doubled error rate took a median 190 s at 10 req/s. The same window as above, judged
+    from the start: 17.1 canary errors expected (171 errors, 10 % of the traffic), 31 observed. The SPRT
+    (5.19 < 5.98) cannot fail yet; the planned look's exact test can."""
+    verdict, ev = run("sequential", [window(1500, 31, 13500, 140)])
+    err = metric(verdict, ERROR_CHECK)
+    assert ev.planned_look and ev.error_expected == pytest.approx(17.1)
+    assert err["outcome"] == "fail" and verdict.outcome == "fail"
+    p = stats.binomial_sf(31, 171, 0.1)
+    level = 0.01 * ERROR_ALPHA_SHARE * LOOK_ALPHA_SHARE
+    assert p <= level
+    details = err["details"]
+    assert isinstance(details, dict)
+    assert details["look_p"] == pytest.approx(p) and details["look_alpha"] == pytest.approx(level)
+    assert str(err["reason"]).startswith("planned look at 17.1 expected canary errors: 31 observed")
+
+
+def test_planned_look_comes_once_and_only_once_enough_errors_are_expected() -> None:
+    a = analysis("sequential")
+    # 6.6 expected: no look yet
+    verdict, ev = judge_statistical(Evidence(), window(600, 12, 5400, 54), a)
+    assert not ev.planned_look and ev.error_expected == pytest.approx(6.6) and ev.error_expected < LOOK_EXPECTED
+    assert "planned look" not in str(metric(verdict, ERROR_CHECK)["reason"])
+    # 15 expected, 15 observed: the look happens and passes
+    verdict, ev = judge_statistical(ev, window(900, 3, 8100, 81), a)
+    assert ev.planned_look and outcome(verdict, ERROR_CHECK) != "fail"
+    # a later burst is the SPRT's alone: the look is not repeated
+    verdict, ev = judge_statistical(ev, window(1500, 31, 13500, 140), a)
+    assert "planned look" not in str(metric(verdict, ERROR_CHECK)["reason"])
+    # compare mode has no planned look
+    verdict, ev = judge_statistical(Evidence(), window(1500, 31, 13500, 140), analysis("compare"))
+    assert not ev.planned_look and "planned look" not in str(metric(verdict, ERROR_CHECK)["reason"])
 
 
 def test_sequential_passes_a_good_canary() -> None:
@@ -137,7 +177,7 @@ def test_compare_fails_only_significant_and_big_differences() -> None:
     verdict, _ = run("compare", [window(3000, 60, 27000, 270)], analysis("compare"))
     err = metric(verdict, ERROR_CHECK)
     assert err["outcome"] == "fail", err["reason"]
-    level = stats.spent_alpha(0.01 * ALPHA_SHARE, 1)
+    level = stats.spent_alpha(0.01 * ERROR_ALPHA_SHARE, 1)
     assert err["threshold"] == pytest.approx(level)
     assert err["statistic"] == pytest.approx(stats.binomial_sf(60, 330, 3000 / 30000))
     assert "exact conditional binomial" in str(err["reason"])
@@ -204,9 +244,10 @@ def test_inconclusive_below_min_requests_unless_the_sprt_crossed(
     assume(c_e <= c_n and s_e <= s_n)
     a = analysis(mode, min_requests=500)
     verdict, ev = judge_statistical(Evidence(), window(c_n, c_e, s_n, s_e), a)
-    _, upper = stats.sprt_bounds(a.statistics.alpha * ALPHA_SHARE, a.statistics.beta)
+    _, upper = stats.sprt_bounds(a.statistics.alpha * ERROR_ALPHA_SHARE * (1 - LOOK_ALPHA_SHARE), a.statistics.beta)
     assert verdict.outcome != "pass"
-    if mode == "compare" or ev.llr < upper:
+    looked = "planned look" in str(metric(verdict, ERROR_CHECK)["reason"])
+    if mode == "compare" or (ev.llr < upper and not (looked and outcome(verdict, ERROR_CHECK) == "fail")):
         assert verdict.outcome == "inconclusive"
         assert outcome(verdict, REQUESTS_CHECK) == "inconclusive"
     assert ev.looks == 0
@@ -278,12 +319,13 @@ def test_looks_are_spent_only_by_tests_that_ran() -> None:
     assert ev.looks == 0 and verdict.outcome == "inconclusive"
     verdict, ev = judge_statistical(ev, small, a)  # 600 >= 500: both tests run at look 1
     assert ev.looks == 1
-    assert metric(verdict, ERROR_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(0.005, 1))
+    errors_alpha, latency_alpha = 0.01 * ERROR_ALPHA_SHARE, 0.01 * (1 - ERROR_ALPHA_SHARE)
+    assert metric(verdict, ERROR_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(errors_alpha, 1))
     # the latency check's two tests (rank, tail) share its level
-    assert metric(verdict, LATENCY_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(0.005, 1) / 2)
+    assert metric(verdict, LATENCY_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(latency_alpha, 1) / 2)
     verdict, ev = judge_statistical(ev, small, a)
     assert ev.looks == 2
-    assert metric(verdict, LATENCY_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(0.005, 2) / 2)
+    assert metric(verdict, LATENCY_CHECK)["threshold"] == pytest.approx(stats.spent_alpha(latency_alpha, 2) / 2)
     # a new compare step restarts the counts (inconclusive again) but not the looks
     nxt = ev.next_step("compare")
     verdict, ev = judge_statistical(nxt, small, a)
