@@ -532,6 +532,10 @@ class PrometheusSource:
         ctx = RenderContext(
             profile=self.profile, namespace=namespace, service=service, revision=revision, window=window
         )
+        stale = self._stale_revision(run, namespace, revision)
+        if stale is not None:
+            return RevisionReading(revision=revision, requests=None, metrics={
+                m.name: MetricReading(name=m.name, value=None, error=stale) for m in metrics})
         requests_q = queries.requests_in_window(self.profile, namespace, revision, window)
         count, _ = self._query(run, requests_q)
         readings: dict[str, MetricReading] = {}
@@ -546,6 +550,21 @@ class PrometheusSource:
             value, error = self._query(run, promql)
             readings[metric.name] = MetricReading(name=metric.name, value=value, query=promql, error=error)
         return RevisionReading(revision=revision, requests=count, metrics=readings)
+
+    def _stale_revision(self, run: _Read, namespace: str, revision: str) -> str | None:
+        """Why the window queries of `revision` would judge old data, or None.
+
+        A `rate(...[w])` window query ends at `run.at` whatever Prometheus holds: after a stall, or while
+        every scrape of the revision fails, it judges a window whose last samples are long gone by. The
+        newest sample time of the revision's request counters (`timestamp()` gives a sample's own time)
+        tells: older than `max_sample_age_s` is no data. A revision with no series yet is not stale here
+        (its queries say "no data" on their own)."""
+        selector = counters.raw_requests_query(self.profile, namespace, revision)
+        newest, _ = self._query(run, f"max(timestamp({selector}))")
+        if newest is None or run.at - newest <= self.max_sample_age_s:
+            return None
+        return (f"no sample of {revision}'s requests newer than {self.max_sample_age_s:g}s at {_clock(run.at)} "
+                f"(newest {run.at - newest:.0f}s old: Prometheus behind or stalled, or its scrapes failing)")
 
     def _query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
         result, error = self._fetch(run, promql)

@@ -267,6 +267,24 @@ def test_read_then_judge(world: World) -> None:
     assert good.outcome == "pass", good.summary
 
 
+def test_regression_threshold_windows_of_a_stalled_prometheus_are_no_data(world: World) -> None:
+    """Issue 14 item 1, threshold mode: a `rate(...[w])` window asked for an instant 26 s after the newest
+    sample (what a query sent during a stall gets once Prometheus resumes) is still answered, from the
+    samples the window holds, as if it were the last 10 s. The newest sample's time says it is old:
+    every metric of the revision is no data, with the reason."""
+    source = PrometheusSource(world.prom.url)  # scrapes every 1s: a sample older than 3s is not data
+    later = time.time() + 26
+    samples = source.read(NS, SERVICE, CANARY, STABLE, METRICS, 30, at=later)
+    assert samples.stable is not None
+    for reading in (samples.canary, samples.stable):
+        _assert_all_no_data(reading, "newer than 3s")
+    # what the window query alone says about that instant: numbers, as if they were current
+    value, error = source.query(f'sum(rate(revision_request_count{{revision_name="{CANARY}"}}[30s]))', at=later)
+    assert error is None and value is not None and value > 0
+    fresh = source.read(NS, SERVICE, CANARY, STABLE, METRICS, WINDOW_S)
+    assert fresh.canary.requests is not None and all(m.value is not None for m in fresh.canary.metrics.values())
+
+
 def _assert_all_no_data(reading: RevisionReading, text: str) -> None:
     assert reading.requests is None
     for m in reading.metrics.values():
