@@ -1,9 +1,12 @@
 """Decision benchmark: how fast and how reliably each judge rolls back a bad canary and promotes a good one.
 
-A pure simulation (seeded `random.Random`, no I/O but printing) of a canary rollout with the steps of
-Flagger's defaults (stepWeight 10, maxWeight 50: weights 10, 20, 30, 40, 50 %, interval 1 m). The canary
-receives a fixed 1, 10 or 100 requests per second; the stable revision gets the rest of the traffic at
-the step's weight (stable rate = canary rate x (100 - w) / w), so a higher weight means *less* stable data.
+A pure simulation (seeded `random.Random`, no I/O but printing) of a canary rollout under canaryd's
+default policy as shipped (`PolicySpec()`, the same as policies/default.yaml: steps 10, 20, 30, 40, 50 %
+every 1 m, analysis every 10 s, warmup 30 s, minRequests 200, maxHold 30 m), which are also Flagger's
+default steps (stepWeight 10, maxWeight 50), so every judge runs the same schedule; `--steps` changes
+canaryd's. The canary receives a fixed 1, 10 or 100 requests per second; the stable revision gets the rest
+of the traffic at the step's weight (stable rate = canary rate x (100 - w) / w), so a higher weight means
+*less* stable data.
 
 Traffic model. Requests are a Poisson process; the simulation samples each 10 s window's counts directly
 (the sum of ten 1 s Poisson ticks is Poisson, so this is exact, only faster). Latency is lognormal with
@@ -44,6 +47,7 @@ judge's weight, so each canaryd judge draws its own stable windows):
 
     python bench/decisions.py [--trials N] [--good-trials N] [--seed S] [--quick]
                               [--alpha A] [--beta B] [--error-ratio R] [--min-latency-ratio R] [--min-requests N]
+                              [--steps 10,20,...] [--only TEXT]
 
 The default run (200 trials per bad scenario, 1000 per good one) takes about 100 s on one core.
 """
@@ -69,16 +73,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from canaryd.analysis.samples import RevisionCounts, WindowCounts
 from canaryd.analysis.statjudge import Evidence, judge_statistical
 from canaryd.analysis.stats import histogram_quantile
-from canaryd.policy import Analysis, JudgeMode, Statistics
+from canaryd.durations import parse_duration
+from canaryd.policy import Analysis, JudgeMode, PolicySpec, Statistics
 
 BOUNDS_MS = [5, 10, 20, 40, 60, 80, 100, 150, 200, 250, 300, 350, 400, 450, 500, 600, 700, 800, 900, 1000,
              2000, 5000, 10000, 20000, 50000, 100000]
-STEPS = [10, 20, 30, 40, 50]
-INTERVAL_S = 60
-TICK_S = 10  # canaryd's analysis.every, and the simulation's window
+SHIPPED = PolicySpec()  # canaryd's default policy, as shipped (policies/default.yaml is the same)
+FLAGGER_STEPS = [10, 20, 30, 40, 50]  # Flagger's stepWeight 10, maxWeight 50; Argo's setWeight steps alike
+STEPS = list(SHIPPED.steps)  # canaryd's steps (--steps overrides)
+INTERVAL_S = int(parse_duration(SHIPPED.interval))  # every judge's step interval
+TICK_S = int(SHIPPED.analysis.every_s)  # canaryd's analysis.every, and the simulation's window
 CHECK_S = 60  # Flagger's and Argo's analysis interval (and window)
-MAX_HOLD_S = 1800
-WARMUP_S = int(Analysis().warmup_s)  # the policy default, as a user runs it
+MAX_HOLD_S = int(SHIPPED.analysis.max_hold_s)
+WARMUP_S = int(SHIPPED.analysis.warmup_s)  # the policy default, as a user runs it
 SIGMA = 0.5
 BASE_P99_MS = 400.0
 Z99 = 2.3263478740408408
@@ -89,7 +96,7 @@ P99_MAX_MS = 500.0
 FLAGGER_THRESHOLD = 5
 ARGO_FAILURE_LIMIT = 2
 ARGO_ERROR_LIMIT = 4
-MIN_REQUESTS = 200
+MIN_REQUESTS = SHIPPED.analysis.min_requests
 
 JUDGES = ["Flagger", "Argo", "canaryd compare", "canaryd sequential"]
 JUDGE_HEADERS = {
@@ -353,7 +360,7 @@ def run_flagger(canary: CanaryStream) -> Result:
         t += CHECK_S
         ok = threshold_check(canary.span(t, CHECK_S))
         if ok:  # None ("no values found") counts as a failed check, as in Flagger
-            if step == len(STEPS) - 1:
+            if step == len(FLAGGER_STEPS) - 1:
                 return Result("promote", t)
             step += 1
         else:
@@ -364,7 +371,7 @@ def run_flagger(canary: CanaryStream) -> Result:
 
 def run_argo(canary: CanaryStream) -> Result:
     failed, errors, t = 0, 0, 0
-    end = len(STEPS) * INTERVAL_S
+    end = len(FLAGGER_STEPS) * INTERVAL_S
     while t < end:
         t += CHECK_S
         ok = threshold_check(canary.span(t, CHECK_S))
@@ -542,7 +549,7 @@ def render(report: Report) -> str:
     st = report.statistics
     lines = [
         f"Decision benchmark: {report.trials} trials per bad scenario, {report.good_trials} per good one, "
-        f"seed {report.seed}; steps {STEPS} % every {INTERVAL_S} s.",
+        f"seed {report.seed}; canaryd steps {STEPS} %, Flagger and Argo steps {FLAGGER_STEPS} %, every {INTERVAL_S} s.",
         f"canaryd: analysis every {TICK_S} s, minRequests {report.min_requests}, alpha {st.alpha:g}, beta {st.beta:g},"
         f" errorRatio {st.error_ratio:g}, toleratedErrorRatio {st.tolerated_error_ratio:g}, latencyQuantile "
         f"{st.latency_quantile:g}, minLatencyRatio {st.min_latency_ratio:g}; failureLimit 1 (statistical modes "
@@ -628,15 +635,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--error-ratio", type=float, default=None)
     parser.add_argument("--min-latency-ratio", type=float, default=None)
     parser.add_argument("--min-requests", type=int, default=MIN_REQUESTS)
+    parser.add_argument("--steps", default=None, metavar="10,20,...",
+                        help="canaryd's steps instead of the shipped default policy's")
     parser.add_argument("--progress", action="store_true", help="print progress to stderr")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
                         help="only the regressions whose name contains TEXT (repeatable)")
     args = parser.parse_args(argv)
     ONLY[:] = args.only
+    if args.steps:
+        STEPS[:] = PolicySpec(steps=[int(x) for x in args.steps.split(",")]).steps
     trials, good = (3, 3) if args.quick else (args.trials, args.good_trials)
     overrides = {k: v for k, v in (("alpha", args.alpha), ("beta", args.beta), ("error_ratio", args.error_ratio),
                                    ("min_latency_ratio", args.min_latency_ratio)) if v is not None}
-    stats_ = Statistics(**overrides)  # type: ignore[arg-type]
+    stats_ = Statistics(**overrides)
     progress = (lambda m: print(m, file=sys.stderr, flush=True)) if args.progress else None
     report = run(trials, good, args.seed, stats_, args.min_requests, progress)
     print(render(report))

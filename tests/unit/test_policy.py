@@ -80,7 +80,7 @@ def test_design_example_validates_and_exposes_seconds() -> None:
 def test_defaults_match_design_and_default_yaml() -> None:
     d = PolicySpec()
     assert d.target is None
-    assert d.steps == [5, 25, 50]
+    assert d.steps == [10, 20, 30, 40, 50]
     assert (d.interval, d.progress_deadline) == ("1m", "10m")
     a = d.analysis
     assert (a.every, a.warmup, a.min_requests, a.failure_limit, a.inconclusive_limit) == ("10s", "30s", 200, 2, 5)
