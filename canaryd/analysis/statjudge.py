@@ -430,7 +430,10 @@ def _sprt(ev: Evidence, gate: _Gate, st: Statistics, look: _Look | None = None) 
             outcome, reason = "pass", head
     return MetricVerdict(
         name=ERROR_CHECK, outcome=outcome, value=_rate(ev.canary_errors, ev.canary_requests),
-        baseline=_rate(ev.stable_errors, ev.stable_requests), reason=reason, statistic=ev.llr, threshold=upper,
+        baseline=_rate(ev.stable_errors, ev.stable_requests), reason=reason,
+        # the test that decided: the planned look's p-value against its level, else the llr against the boundary
+        statistic=look.details["look_p"] if look is not None and look.failed else ev.llr,
+        threshold=look.details["look_alpha"] if look is not None and look.failed else upper,
         details=details,
     )
 

@@ -3,7 +3,8 @@
 Two services run the same stable model (5 % errors) and get the same x3 error regression (15 %), under
 the same steps, cadence and failureLimit; only `analysis.mode` differs. The threshold judge is set up as
 Flagger's would be for such a service (success rate >= 90 %, rollback after 5 failed checks); the
-sequential judge compares canary with stable and rolls back as soon as its SPRT crosses the boundary.
+sequential judge compares canary with stable and rolls back as soon as its SPRT crosses the boundary
+or its planned look finds too many errors.
 The data plane's error schedule is a hash of (seed, revision, request number), so each revision fails
 the same requests on every run: only how many requests fall in each analysis window varies with timing,
 and the margin below (5 analyses at the very least for the threshold judge) does not depend on it.
@@ -65,7 +66,11 @@ def test_sequential_judge_rolls_a_x3_error_regression_back_in_fewer_analyses(env
     last = seq.status.analyses[-1].verdict
     err = next(m for m in last.metrics if m.name == "error-rate")
     assert last.outcome == "fail" and err.outcome == "fail"
-    assert err.statistic is not None and err.threshold is not None and err.statistic >= err.threshold
+    assert err.statistic is not None and err.threshold is not None
+    if err.reason.startswith("planned look"):  # an exact test's p-value at its level
+        assert err.statistic <= err.threshold and err.details["look_p"] == err.statistic
+    else:  # the SPRT's llr beyond its boundary
+        assert err.statistic >= err.threshold and err.details["llr"] == err.statistic
     assert err.details.get("canary_errors", 0) > 0 and err.details.get("stable_errors", 0) > 0
     assert seq.status.evidence is not None and seq.status.evidence.canary_errors == err.details["canary_errors"]
     assert all(float(x).is_integer() for x in (seq.status.evidence.canary_requests,

@@ -131,6 +131,7 @@ def test_planned_look_fails_a_doubled_error_rate_before_the_sprt_can() -> None:
     details = err["details"]
     assert isinstance(details, dict)
     assert details["look_p"] == pytest.approx(p) and details["look_alpha"] == pytest.approx(level)
+    assert err["statistic"] == pytest.approx(p) and err["threshold"] == pytest.approx(level)  # the deciding test
     assert str(err["reason"]).startswith("planned look at 17.1 expected canary errors: 31 observed")
 
 
