@@ -381,7 +381,9 @@ def _planned_look(ev: Evidence, st: Statistics) -> _Look:
     `error_expected`. Its tail is bounded by that of one binomial with the same mean over all M errors
     (Hoeffding 1956, Theorem 4, for counts at least the mean + 2), so the p-value below is exact or
     conservative. When the look comes depends only on the errors' totals and the traffic, never on
-    their split, so the test keeps its level; a fail also needs the minimum effect of `compare`.
+    their split, so the test keeps its level; a fail also needs the minimum effect of `compare`. (The
+    traffic split itself may follow earlier errors, since a step advances on a pass: the bound's slack
+    covers that, and `test_error_false_fails_on_good_canaries_stay_within_alpha` runs that rule.)
     """
     alpha = st.alpha * ERROR_ALPHA_SHARE * LOOK_ALPHA_SHARE
     e_c = round(ev.canary_errors)

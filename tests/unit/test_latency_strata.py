@@ -216,19 +216,22 @@ def test_error_false_fails_on_good_canaries_stay_within_alpha(mode: str) -> None
     """The same for the error check: 600 seeded good canaries at a 1 % baseline, alpha 0.05, so the
     error check's alpha' = 0.04. `sequential` promises the planned look's share plus the SPRT's share /
     (1 - beta) (Ville's bound for Wald's boundary), 0.0406; `compare` its spent levels, 0.04. The 30
-    windows give the planned look its 9 expected errors (at about the 9th window), so it is tested too."""
+    windows give the planned look its 9 expected errors (at about the 9th window), so it is tested too.
+    Steps advance as the engine advances them, on a pass after 6 windows: the traffic split then
+    depends on the errors seen so far, which the bounds must survive."""
     analysis = Analysis(mode=mode, every="10s", min_requests=200,  # type: ignore[arg-type]
                         statistics=Statistics(alpha=0.05))
     errors_alpha = 0.05 * ERROR_ALPHA_SHARE
     promised = (errors_alpha * LOOK_ALPHA_SHARE + errors_alpha * (1 - LOOK_ALPHA_SHARE) / (1 - 0.05)
                 if mode == "sequential" else errors_alpha)
     rng = random.Random(15)
-    fails = looked = 0
+    fails = looked = advanced = 0
     runs = 600
     for _ in range(runs):
         ev = Evidence()
-        for i in range(30):
-            weight = (10, 20, 30, 40, 50)[i // 6]
+        step, in_step = 0, 0
+        for _ in range(30):
+            weight = (10, 20, 30, 40, 50)[step]
             n_c, n_s = 100, round(100 * (100 - weight) / weight)
             e_c = sum(rng.random() < 0.01 for _ in range(n_c))
             e_s = sum(rng.random() < 0.01 for _ in range(n_s))
@@ -236,14 +239,19 @@ def test_error_false_fails_on_good_canaries_stay_within_alpha(mode: str) -> None
                              canary=RevisionCounts(revision="c", requests=n_c, errors=e_c),
                              stable=RevisionCounts(revision="s", requests=n_s, errors=e_s))
             verdict, ev = judge_statistical(ev, w, analysis)
-            if i % 6 == 5:
+            in_step += 1
+            error_check = next(m for m in verdict.metrics if m.name == "error-rate")
+            if error_check.outcome == "pass" and in_step >= 6 and step < 4:  # (no latency data here)
+                step, in_step = step + 1, 0
                 ev = ev.next_step(analysis.mode)
             if any(m.name == "error-rate" and m.outcome == "fail" for m in verdict.metrics):
                 fails += 1
                 break
         looked += ev.planned_look
+        advanced += step > 0
     if mode == "sequential":
         assert looked >= runs * 0.9, "the planned look must be part of what is calibrated"
+    assert advanced >= runs * 0.5, "steps must advance, so that the split depends on the errors"
     allowed = _allowed(runs, promised)
     assert fails <= allowed, f"{fails} false error fails in {runs} good rollouts (alpha' = {promised:g})"
 
