@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from canaryd.rollout.state import RolloutState
 
-COLUMNS = ("SERVICE", "PHASE", "COMPONENT", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)",
+
+def step_label(step: int, steps: int) -> str:
+    """A person's step number: "2/5" for the second of five steps (the stored index counts from 0, and is
+    -1 before the first step), "-" before the first one."""
+    if step < 0:
+        return f"-/{steps}" if steps else "-"
+    return f"{step + 1}/{steps}" if steps else str(step + 1)
+
+
+def steps_of(state: RolloutState) -> int:
+    """How many steps the rollout's policy has (0 if it does not say)."""
+    steps = state.spec.policy.get("steps")
+    return len(steps) if isinstance(steps, list) else 0
+
+COLUMNS = ("SERVICE", "PHASE", "COMPONENT", "STEP", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)",
            "LAST VERDICT")
 
 
@@ -33,7 +49,8 @@ def row(state: RolloutState) -> tuple[str, ...]:
     err, lat = last_numbers(state)
     verdict = st.analyses[-1].verdict.outcome if st.analyses else "-"
     return (
-        state.spec.target.key, str(st.phase), component(state), f"{st.weight}%", st.stable_revision or "-",
+        state.spec.target.key, str(st.phase), component(state), step_label(st.step, steps_of(state)),
+        f"{st.weight}%", st.stable_revision or "-",
         st.canary_revision or "-", (state.spec.commit or "-")[:8], err, lat, verdict,
     )
 
@@ -55,15 +72,37 @@ def render_table(states: list[RolloutState]) -> str:
 
 
 def render_history(state: RolloutState) -> str:
-    """Transitions (oldest first) and the kept analyses of one service, for `canaryd history`."""
+    """Transitions (oldest first) and the kept analyses of one service, for `canaryd history`. Steps are a
+    person's numbers (1/5 for the first of five; - before the first step)."""
+    steps = steps_of(state)
     out = [f"{state.spec.target.key}: {state.status.phase} (commit {(state.spec.commit or '-')[:8]},"
-           f" spec {state.spec.spec_hash or '-'})", "", "TIME                      COMMIT    COMPONENT    STEP  WEIGHT"
+           f" spec {state.spec.spec_hash or '-'})", "", "TIME                      COMMIT    COMPONENT    STEP   WEIGHT"
            "  PHASE             REASON"]
     for h in state.status.history:
         out.append(f"{h.at.isoformat(timespec='seconds'):<25} {(h.commit or '-')[:8]:<9} {h.component or '-':<12}"
-                   f" {h.step:>4}  {h.weight:>5}%  {h.phase!s:<17} {h.reason}: {h.message}")
+                   f" {step_label(h.step, steps):>5}  {h.weight:>5}%  {h.phase!s:<17} {h.reason}: {h.message}")
     if state.status.analyses:
         out += ["", "last analyses:"]
         for a in state.status.analyses:
-            out.append(f"{a.at.isoformat(timespec='seconds')} step {a.step} at {a.weight}%: {a.verdict.summary}")
+            out.append(f"{a.at.isoformat(timespec='seconds')} step {step_label(a.step, steps)} at {a.weight}%: "
+                       f"{a.verdict.summary}")
     return "\n".join(out)
+
+
+def history_json(state: RolloutState) -> dict[str, Any]:
+    """`canaryd history -o json`: the same as the table, with steps counted from 1 (null before the first)."""
+    steps = steps_of(state)
+
+    def step(index: int) -> int | None:
+        return index + 1 if index >= 0 else None
+
+    return {
+        "service": state.spec.target.key, "phase": str(state.status.phase), "commit": state.spec.commit,
+        "specHash": state.spec.spec_hash, "steps": steps,
+        "history": [{"at": h.at.isoformat(), "phase": str(h.phase), "reason": h.reason, "message": h.message,
+                     "step": step(h.step), "weight": h.weight, "commit": h.commit, "component": h.component}
+                    for h in state.status.history],
+        "analyses": [{"at": a.at.isoformat(), "step": step(a.step), "weight": a.weight,
+                      "canaryRevision": a.canary_revision, "verdict": a.verdict.model_dump(mode="json")}
+                     for a in state.status.analyses],
+    }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import platform
 import random
 import time
@@ -151,6 +152,39 @@ def make_api_client(kubeconfig: str | None, context: str | None = None, *, compo
     if write_guard is not None:
         cast(Any, api).rest_client = _WriteFence(api.rest_client, write_guard)
     return api
+
+
+def kubeconfig_search(kubeconfig: str | None, env: Mapping[str, str], home: str) -> str | None:
+    """Where a person's kubeconfig is, as kubectl finds it: `--kubeconfig`, else `$KUBECONFIG` (a list,
+    merged), else `~/.kube/config` when it exists; None means the pod's service account (in-cluster).
+
+    Returns the path list (os.pathsep-separated, as the client's loader merges it). Raises KubeError when
+    what was named exists nowhere: a typo must not silently fall through to another cluster.
+    """
+    for given, what in ((kubeconfig, "--kubeconfig"), (env.get("KUBECONFIG"), "$KUBECONFIG")):
+        if given:
+            paths = [p for p in given.split(os.pathsep) if p]
+            if not any(os.path.isfile(os.path.expanduser(p)) for p in paths):
+                raise KubeError(f"no kubeconfig file at {given} ({what})")
+            return os.pathsep.join(paths)
+    default = os.path.join(home, ".kube", "config")
+    return default if os.path.isfile(default) else None
+
+
+def discover_api_client(kubeconfig: str | None = None, context: str | None = None, *,
+                        component: str = "cli") -> client.ApiClient:
+    """`make_api_client` for a person or a pipeline: the kubeconfig found as kubectl finds it (see
+    `kubeconfig_search`), or the pod's service account when there is none. `context` picks a context
+    of that kubeconfig (kubectl's `--context`)."""
+    found = kubeconfig_search(kubeconfig, os.environ, os.path.expanduser("~"))
+    if found is None:
+        if context:
+            raise KubeError(f"--context {context} needs a kubeconfig; none given, $KUBECONFIG is unset and "
+                            "~/.kube/config does not exist")
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise KubeError("no kubeconfig: give --kubeconfig, set $KUBECONFIG, or create ~/.kube/config "
+                            "(and not inside a pod, so no service account either)")
+    return make_api_client(found, context, component=component)
 
 
 def error_from(exc: BaseException, what: str) -> KubeError:

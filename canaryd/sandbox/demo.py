@@ -66,7 +66,7 @@ def isvc(version: str) -> str:
 
 
 #: Column widths of the live table, one per `canaryd.status.COLUMNS` entry (the last is free).
-WIDTHS = (12, 13, 10, 7, 21, 21, 9, 9, 8, 0)
+WIDTHS = (12, 13, 10, 5, 7, 21, 21, 9, 9, 8, 0)
 
 
 def format_row(cells: tuple[str, ...]) -> str:
