@@ -76,14 +76,50 @@ def run_validate(
             return 1
     root, paths = (target.parent, [target.name]) if target.is_file() else (target, ["."])
     report = check_tree(root, paths, default_namespace, default_policy, namespaces)
-    for line in report.errors:
+    errors, notes = _as_policy_library(root, report)
+    for line in errors:
         print(line, file=stream)
     for line in report.warnings:
         print(f"warning: {line}", file=stream)
+    for line in notes:
+        print(line, file=stream)
     n_services = len(report.desired.services)
-    summary = (f"{report.desired.problem_count} error(s), {report.desired.warning_count} warning(s); "
+    n_errors = len(errors) if notes else report.desired.problem_count
+    summary = (f"{n_errors} error(s), {report.desired.warning_count} warning(s); "
                f"{n_services} service(s) ready to roll out")
     if report.desired.blocked:
         summary += f", {len(report.desired.blocked)} blocked"
+    if notes:
+        summary += f"; {len(notes)} default policy file(s) checked as such"
     print(summary, file=stream)
-    return 1 if report.errors else 0
+    return 1 if errors else 0
+
+
+#: The error a policy without `target` gets in a config repo.
+_TARGET_REQUIRED = "required in the config repo"
+
+
+def _as_policy_library(root: Path, report: Report) -> tuple[list[str], list[str]]:
+    """The errors to show, and notes on default policies, for a tree that may be a policy library.
+
+    In a config repo a policy must name its InferenceService: a policy without `target` would be a default
+    for other teams' services, which only the cluster admin sets (the daemon's `defaultPolicy`). A tree
+    with no InferenceService at all is not a config repo but a library of policies (this repository's
+    `policies/`, say): there a policy without `target` is a default policy, and it is checked as the
+    daemon checks its default policy file, instead of being refused for the missing target.
+    """
+    desired = report.desired
+    targetless = {e.file for e in desired.problems if e.field == "spec.target" and _TARGET_REQUIRED in e.message}
+    if desired.services or desired.blocked or not targetless:
+        return report.errors, []
+    errors = [str(e) for e in desired.problems if e.file not in targetless]
+    notes: list[str] = []
+    for name in sorted(targetless):
+        try:
+            load_policy_file(root / name)
+        except PolicyFileError as exc:
+            errors.append(str(exc).replace(str(root / name), name))
+        else:
+            notes.append(f"{name}: a default policy (no target), valid as the daemon's default policy (Helm value"
+                         " defaultPolicy, or --default-policy); a config repo's policies must name their target")
+    return errors, notes

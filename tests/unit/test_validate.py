@@ -125,3 +125,31 @@ def test_examples_cover_the_documented_features() -> None:
     assert any(p.spec.analysis.on_inconclusive == "rollback" for p in policies.values())
     # every example targets its own service, so the directory is a valid config repo as a whole
     assert check_tree(REPO_ROOT / "policies" / "examples").errors == []
+
+
+DEFAULT_POLICY = "apiVersion: canaryd.io/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: default}\nspec:\n  steps: [10, 50]\n"
+
+
+def test_the_repos_own_policies_validate_as_a_policy_library(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15: `canaryd validate policies/` failed on default.yaml ("spec.target: required in the config
+    repo"). A tree without InferenceServices is a policy library: a policy without target there is a
+    default policy, checked as the daemon checks its default policy file."""
+    assert run_validate(REPO_ROOT / "policies") == 0
+    out = capsys.readouterr().out
+    assert "default.yaml: a default policy (no target), valid as the daemon's default policy" in out
+    assert "0 error(s)" in out and "required in the config repo" not in out
+
+
+def test_a_targetless_policy_is_still_refused_in_a_config_repo(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, {"svc.yaml": SERVICE.replace("NAME", "iris"), "policy.yaml": DEFAULT_POLICY})
+    assert run_validate(tmp_path) == 1
+    assert "spec.target: required in the config repo" in capsys.readouterr().out
+
+
+def test_a_broken_default_policy_in_a_library_names_its_field(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, {"default.yaml": DEFAULT_POLICY + "  interval: soon\n"})
+    assert run_validate(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "default.yaml:" in out and "spec.interval" in out
