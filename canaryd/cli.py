@@ -303,6 +303,14 @@ def plan(kubeconfig: str | None, context: str | None, config_path: Path | None, 
 
 
 @main.command()
+def schema() -> None:
+    """Print the RolloutPolicy JSON Schema (draft-07), for editors and CI (also schemas/ in the repo)."""
+    from canaryd.schema import render
+
+    click.echo(render(), nl=False)
+
+
+@main.command()
 @click.option("--keep-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="keep the sandbox's files (repo, logs, kubeconfig) here instead of a temp dir")
 @click.option("--kserve-crd", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

@@ -66,8 +66,12 @@ def _check_duration(value: str, *, allow_zero: bool = False) -> str:
 
 
 class Target(_Strict):
-    name: str = Field(min_length=1, max_length=253)
-    components: list[Component] = Field(default_factory=lambda: list[Component](["predictor"]), min_length=1)
+    name: str = Field(min_length=1, max_length=253, description=(
+        "The InferenceService this policy rolls out, in the policy's namespace."))
+    components: list[Component] = Field(
+        default_factory=lambda: list[Component](["predictor"]), min_length=1, description=(
+        "The components canaryd rolls out with a canary, one after another (default [predictor]); other "
+        "changed components move at once."))
 
     @field_validator("components")
     @classmethod
@@ -80,17 +84,25 @@ class Target(_Strict):
 class Metric(_Strict):
     """One check. `error-rate` and `latency` are built in; any other name needs a PromQL `query`."""
 
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description=(
+        "error-rate and latency are built in; any other name is a custom check and needs `query`."))
     # error-rate
-    max: float | None = None
-    max_increase: float | None = Field(default=None, alias="maxIncrease", ge=0)
+    max: float | None = Field(default=None, description=(
+        "error-rate: the highest error fraction allowed (0.01 = 1 %); custom: the highest value allowed."))
+    max_increase: float | None = Field(default=None, alias="maxIncrease", ge=0, description=(
+        "error-rate: the most the canary's error fraction may exceed the stable's over the same window."))
     # latency
-    quantile: float | None = Field(default=None, gt=0, lt=1)
-    max_ms: float | None = Field(default=None, alias="maxMs", gt=0)
-    max_ratio: float | None = Field(default=None, alias="maxRatio", gt=1)
+    quantile: float | None = Field(default=None, gt=0, lt=1, description=(
+        "latency: the quantile checked (default 0.99), from the latency histogram."))
+    max_ms: float | None = Field(default=None, alias="maxMs", gt=0, description=(
+        "latency: the highest quantile allowed, in milliseconds."))
+    max_ratio: float | None = Field(default=None, alias="maxRatio", gt=1, description=(
+        "latency: the highest canary/stable ratio of the quantile allowed."))
     # custom
-    query: str | None = Field(default=None, min_length=1)
-    min: float | None = None
+    query: str | None = Field(default=None, min_length=1, description=(
+        "custom: PromQL returning one series; {{namespace}}, {{service}}, {{revision}} and {{window}} are "
+        "filled in, escaped."))
+    min: float | None = Field(default=None, description="custom: the lowest value allowed.")
 
     @model_validator(mode="after")
     def _fields_for_kind(self) -> Metric:
@@ -164,12 +176,19 @@ class Statistics(_Strict):
     more often does not make false rollbacks more likely.
     """
 
-    alpha: float = Field(default=0.01, gt=0, lt=0.5)
-    beta: float = Field(default=0.05, gt=0, lt=0.5)
-    error_ratio: float = Field(default=2.0, alias="errorRatio", gt=1, le=1000)
-    tolerated_error_ratio: float = Field(default=1.0, alias="toleratedErrorRatio", ge=1)
-    latency_quantile: float = Field(default=0.99, alias="latencyQuantile", gt=0, lt=1)
-    min_latency_ratio: float = Field(default=1.15, alias="minLatencyRatio", gt=1, le=100)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5, description=(
+        "Rollout-wide probability of rolling back a good canary that the statistical tests may spend."))
+    beta: float = Field(default=0.05, gt=0, lt=0.5, description=(
+        "Probability that the error test misses a regression of errorRatio."))
+    error_ratio: float = Field(default=2.0, alias="errorRatio", gt=1, le=1000, description=(
+        "The error regression to detect: canary error rate / stable error rate."))
+    tolerated_error_ratio: float = Field(default=1.0, alias="toleratedErrorRatio", ge=1, description=(
+        "What still counts as good: canary error rate / stable error rate (below errorRatio)."))
+    latency_quantile: float = Field(default=0.99, alias="latencyQuantile", gt=0, lt=1, description=(
+        "The latency quantile compared with the stable revision's, from histogram buckets."))
+    min_latency_ratio: float = Field(default=1.15, alias="minLatencyRatio", gt=1, le=100, description=(
+        "Minimum effect: latency rolls back only when the canary's quantile is at least this many times the "
+        "stable's."))
 
     @model_validator(mode="after")
     def _ratios(self) -> Statistics:
@@ -192,16 +211,26 @@ def _default_metrics(mode: object = "sequential") -> list[dict[str, Any]]:
 class Analysis(_Strict):
     #: sequential is the default because bench/decisions.py supports it: the fewest missed regressions
     #: at <= 1 % false rollbacks over every traffic level and baseline simulated (README "Judges").
-    mode: JudgeMode = "sequential"
-    statistics: Statistics = Field(default_factory=Statistics)
-    every: str = "10s"
-    warmup: str = "30s"
-    min_requests: int = Field(default=200, alias="minRequests", ge=1)
-    failure_limit: int = Field(default=2, alias="failureLimit", ge=1)
-    inconclusive_limit: int = Field(default=5, alias="inconclusiveLimit", ge=1)
-    on_inconclusive: Literal["hold", "rollback"] = Field(default="hold", alias="onInconclusive")
-    max_hold: str = Field(default="30m", alias="maxHold")
-    metrics: list[Metric] = Field(default_factory=list)
+    mode: JudgeMode = Field(default="sequential", description=(
+        "The judge: sequential (default), compare, or threshold (absolute limits in metrics, as Flagger)."))
+    statistics: Statistics = Field(default_factory=Statistics, description=(
+        "Knobs of the statistical judges (sequential, compare)."))
+    every: str = Field(default="10s", description="How often the canary is analysed (at least 1s, at most interval).")
+    warmup: str = Field(default="30s", description=(
+        "The first analysis comes this long after the canary is Ready; latency and threshold windows leave it"
+        " out, statistical error counts include it."))
+    min_requests: int = Field(default=200, alias="minRequests", ge=1, description=(
+        "Requests needed before a pass (canary and stable; over the rollout for sequential, the step for "
+        "compare, the analysis for threshold)."))
+    failure_limit: int = Field(default=2, alias="failureLimit", ge=1, description=(
+        "Failed analyses (over the rollout) before rollback; a statistical fail rolls back at once."))
+    inconclusive_limit: int = Field(default=5, alias="inconclusiveLimit", ge=1, description=(
+        "Inconclusive analyses in a row before onInconclusive applies."))
+    on_inconclusive: Literal["hold", "rollback"] = Field(default="hold", alias="onInconclusive", description=(
+        "What happens after inconclusiveLimit inconclusive analyses: hold the step, or roll back."))
+    max_hold: str = Field(default="30m", alias="maxHold", description="A step held longer than this rolls back.")
+    metrics: list[Metric] = Field(default_factory=list, description=(
+        "threshold mode: the checks; statistical modes: extra checks judged with absolute limits."))
 
     @model_validator(mode="before")
     @classmethod
@@ -251,7 +280,9 @@ class Analysis(_Strict):
 
 
 class Gates(_Strict):
-    confirm_promotion: bool = Field(default=False, alias="confirmPromotion")
+    confirm_promotion: bool = Field(default=False, alias="confirmPromotion", description=(
+        "Stop in WaitingPromotion after the last step until `canaryd promote` or a confirm-promotion webhook "
+        "says yes."))
 
 
 #: Longest one webhook attempt may take, and all its attempts together (issue 13: `timeout: 365d` was
@@ -271,12 +302,16 @@ class Webhook(_Strict):
     rollback: polled at every analysis; a yes rolls back. post-rollout: once the rollout ended.
     """
 
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-    type: WebhookType
-    url: str = Field(pattern=r"^https?://[^\s]+$")
-    timeout: str = "10s"
-    retries: int = Field(default=2, ge=0, le=10)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description=(
+        "The webhook's name (lowercase letters, digits, '-')."))
+    type: WebhookType = Field(description=(
+        "When it is called: pre-rollout, rollout, confirm-promotion, post-rollout or rollback."))
+    url: str = Field(pattern=r"^https?://[^\s]+$", description=(
+        "http(s) URL canaryd POSTs the payload to; 2xx means yes/ok."))
+    timeout: str = Field(default="10s", description="How long one attempt may take (at most 60s).")
+    retries: int = Field(default=2, ge=0, le=10, description=(
+        "Attempts after the first (0-10); (retries + 1) x timeout at most 300s."))
+    metadata: dict[str, str] = Field(default_factory=dict, description="String pairs sent in the payload.")
 
     @field_validator("timeout")
     @classmethod
@@ -302,15 +337,22 @@ class Webhook(_Strict):
 
 
 class PolicySpec(_Strict):
-    target: Target | None = None
+    target: Target | None = Field(default=None, description=(
+        "The InferenceService this policy rolls out; required in a config repo, absent in the daemon's "
+        "default policy."))
     #: Flagger's stepWeight 10 / maxWeight 50: five steps, because the default judge needs about five
     #: minutes of a 10 req/s canary for the regressions it promises to catch (policies/default.yaml).
-    steps: list[int] = Field(default_factory=lambda: [10, 20, 30, 40, 50], min_length=1, max_length=50)
-    interval: str = "1m"
-    progress_deadline: str = Field(default="10m", alias="progressDeadline")
-    analysis: Analysis = Field(default_factory=Analysis)
-    gates: Gates = Field(default_factory=Gates)
-    webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
+    steps: list[int] = Field(default_factory=lambda: [10, 20, 30, 40, 50], min_length=1, max_length=50, description=(
+        "canaryTrafficPercent of each step (1-99, strictly increasing); after the last step the canary is "
+        "promoted to 100 %."))
+    interval: str = Field(default="1m", description=(
+        "Each step lasts at least this long; traffic moves up at the first passing analysis after it."))
+    progress_deadline: str = Field(default="10m", alias="progressDeadline", description=(
+        "The new revision must be Ready within this, else rollback."))
+    analysis: Analysis = Field(default_factory=Analysis, description="How the canary is judged.")
+    gates: Gates = Field(default_factory=Gates, description="Manual gates.")
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=20, description=(
+        "HTTP gates and hooks, as in Flagger (at most 20)."))
 
     @field_validator("webhooks")
     @classmethod
@@ -360,17 +402,18 @@ class PolicySpec(_Strict):
 
 
 class PolicyMetadata(_Strict):
-    name: str = Field(min_length=1)
-    namespace: str | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(min_length=1, description="The policy's name.")
+    namespace: str | None = Field(default=None, description=(
+        "The namespace of the policy and of its target (default: the daemon's default namespace)."))
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels (kept, not used).")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations (kept, not used).")
 
 
 class RolloutPolicy(_Strict):
-    api_version: Literal["canaryd.io/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["RolloutPolicy"]
-    metadata: PolicyMetadata
-    spec: PolicySpec = Field(default_factory=PolicySpec)
+    api_version: Literal["canaryd.io/v1alpha1"] = Field(alias="apiVersion", description="canaryd.io/v1alpha1")
+    kind: Literal["RolloutPolicy"] = Field(description="RolloutPolicy")
+    metadata: PolicyMetadata = Field(description="Name and namespace.")
+    spec: PolicySpec = Field(default_factory=PolicySpec, description="The rollout rules.")
 
     def snapshot(self) -> dict[str, Any]:
         """JSON-safe form stored in the ModelRollout, so a restart rolls on with the same rules."""

@@ -381,6 +381,11 @@ def test_pod_anti_affinity_presets() -> None:
     ({"notifications": {"notifiers": [{"kind": "slack", "url": "https://hooks.slack.com/x"}]}},
      "/notifications/notifiers/0"),
     ({"ingress": {"hosts": ["https://canaryd.example.com"]}}, "/ingress/hosts/0"),
+    # defaultPolicy is checked against the RolloutPolicy schema (canaryd.schema), not only by the daemon
+    ({"defaultPolicy": {"steps": ["ten"]}}, "/defaultPolicy/steps/0"),
+    ({"defaultPolicy": {"step": [10, 50]}}, "/defaultPolicy"),
+    ({"defaultPolicy": {"analysis": {"statistics": {"alpha": 0.9}}}}, "/defaultPolicy/analysis/statistics/alpha"),
+    ({"defaultPolicy": {"target": {"name": "iris"}}}, "/defaultPolicy"),
 ])
 def test_schema_rejects_bad_values(override: dict[str, Any], field: str) -> None:
     message = render_error(merge(MINIMAL, override))

@@ -127,7 +127,8 @@ def test_examples_cover_the_documented_features() -> None:
     assert check_tree(REPO_ROOT / "policies" / "examples").errors == []
 
 
-DEFAULT_POLICY = "apiVersion: canaryd.io/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: default}\nspec:\n  steps: [10, 50]\n"
+DEFAULT_POLICY = ("apiVersion: canaryd.io/v1alpha1\nkind: RolloutPolicy\nmetadata: {name: default}\n"
+                  "spec:\n  steps: [10, 50]\n")
 
 
 def test_the_repos_own_policies_validate_as_a_policy_library(capsys: pytest.CaptureFixture[str]) -> None:
