@@ -43,7 +43,8 @@ def render() -> str:
 def _generated(prefix: str) -> dict[str, Any]:
     schema = RolloutPolicy.model_json_schema(by_alias=True, ref_template="#/definitions/" + prefix + "{model}")
     schema["$defs"] = {prefix + name: _drop_titles(d) for name, d in schema["$defs"].items()}
-    return _drop_titles(schema)
+    cleaned: dict[str, Any] = _drop_titles(schema)
+    return cleaned
 
 
 def _drop_titles(node: Any) -> Any:
