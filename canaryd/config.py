@@ -58,11 +58,18 @@ class RepoSettings(_Section):
 
 
 class KubernetesSettings(_Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("stateNamespace" in data or "state_namespace" in data):
+            raise ValueError("kubernetes.stateNamespace was removed (it was never used): each service's state is"
+                             " its ModelRollout, in the service's own namespace; delete the key")
+        return data
+
     kubeconfig: str | None = Field(default=None, description="path; unset = in-cluster config")
     context: str | None = None
     namespaces: list[str] = Field(default_factory=list, description="namespaces canaryd may act on; [] = all")
     default_namespace: str = Field(default="default", alias="defaultNamespace")
-    state_namespace: str | None = Field(default=None, alias="stateNamespace")
     # One list+watch per namespace (or cluster-wide) instead of a GET per service per tick; off only for
     # RBAC that forbids list/watch on InferenceServices (reads then fall back to GETs anyway).
     watch_cache: bool = Field(default=True, alias="watchCache",

@@ -7,8 +7,11 @@ colliding, and keeps the exposition limited to what we define.
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from canaryd.rollout.state import Phase, RolloutState
 
@@ -66,3 +69,22 @@ class Metrics:
             self.drift.labels(t.namespace, t.name).inc(new.status.drift_count - old.status.drift_count)
         if new.status.phase != old.status.phase or len(new.status.history) != len(old.status.history):
             self.transitions.labels(t.namespace, t.name, str(new.status.phase)).inc()
+
+
+class NotificationCollector(Collector):
+    """`canaryd_notifications_total{result}`: what happened to each notification (sent, failed after its
+    retries, dropped from a full queue, suppressed by the rate limit). Read from the notifier's own
+    counters at scrape time, so there is one count, not two to keep in step."""
+
+    RESULTS = ("sent", "failed", "dropped", "suppressed")
+
+    def __init__(self, stats: Callable[[], object]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("canaryd_notifications", "Notifications by result (per notifier target)",
+                                     labels=["result"])
+        now = self._stats()
+        for result in self.RESULTS:
+            family.add_metric([result], float(getattr(now, result)))
+        yield family

@@ -39,7 +39,7 @@ from canaryd.adapters.statestore import StateStore
 from canaryd.config import Settings
 from canaryd.daemon.controller import Adapters, Controller
 from canaryd.daemon.leader import KubeLeaseClient, LeaderElector, LeaderMetrics
-from canaryd.daemon.metrics import Metrics
+from canaryd.daemon.metrics import Metrics, NotificationCollector
 from canaryd.daemon.scheduler import TickScheduler
 from canaryd.daemon.server import make_app
 from canaryd.desired import DesiredService, DesiredSet, ServiceKey, load_desired
@@ -121,6 +121,7 @@ class Daemon:
         self.outbound_metrics = OutboundMetrics(self.metrics.registry)
         self.notifier = Notifier(settings.notifications, max_response_bytes=o.max_response_bytes,
                                  metrics=self.outbound_metrics)
+        self.metrics.registry.register(NotificationCollector(lambda: self.notifier.stats))
         # Gate URLs come from config-repo authors: the daemon config (cluster admins) says where they may go.
         self.hooks = WebhookCaller(
             OutboundRules(allow_loopback=o.allow_loopback, allow_link_local=o.allow_link_local,

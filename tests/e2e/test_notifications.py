@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from canaryd.rollout.state import Phase
@@ -46,3 +47,16 @@ def test_slack_messages_for_start_steps_and_promotion(env: Env, receiver: Webhoo
     assert att["color"].startswith("#") and {"title", "value", "short"} <= set(att["fields"][0])
     assert any(f["title"] == "commit" and f["value"] == c2[:8] for f in att["fields"])
     assert "s3cr3t-token" not in (env.dir / "canaryd.log").read_text()
+    # delivery is counted on /metrics (issue 15), and the URL is in none of it
+    daemon = env.daemon
+    assert daemon is not None
+    delivered = len(receiver.delivered)
+
+    def sent() -> float:
+        text = httpx.get(f"{daemon.url}/metrics", timeout=5).text
+        assert "s3cr3t-token" not in text
+        line = next(x for x in text.splitlines() if x.startswith('canaryd_notifications_total{result="sent"}'))
+        return float(line.split()[-1])
+
+    wait_until(lambda: sent() >= delivered, 10, f"{delivered} notifications counted as sent")
+    assert 'canaryd_notifications_total{result="failed"} 0.0' in httpx.get(f"{daemon.url}/metrics", timeout=5).text
