@@ -62,7 +62,8 @@ EXIT_CLUSTER = 4
 
 
 class ClusterError(click.ClickException):
-    """The cluster could not be asked (no kubeconfig, unreachable, refused, no such rollout): one line."""
+    """The cluster could not be asked (no kubeconfig, unreachable, refused, a state canaryd does not trust):
+    one line."""
 
     exit_code = EXIT_CLUSTER
 
@@ -103,8 +104,10 @@ def _cluster(kubeconfig: str | None, context: str | None) -> Iterator[Client]:
     except KubeError as exc:
         text = f"cannot reach the Kubernetes API at {host}: {_transport(str(exc))}" if exc.status is None else str(exc)
         raise ClusterError(_one_line(text)) from None
-    except (ClientError, UntrustedState) as exc:
+    except UntrustedState as exc:
         raise ClusterError(_one_line(str(exc))) from None
+    except ClientError as exc:  # no such rollout, or a request that cannot apply: the person's error
+        raise click.ClickException(_one_line(str(exc))) from None
     except (ApiException, HTTPError, OSError) as exc:
         raise ClusterError(_one_line(str(error_from(exc, f"ask the Kubernetes API at {host}")))) from None
     finally:

@@ -8,10 +8,10 @@ from canaryd.rollout.state import RolloutState
 
 
 def step_label(step: int, steps: int) -> str:
-    """A person's step number: "2/5" for the second of five steps (the stored index counts from 0, and is
-    -1 before the first step), "-" before the first one."""
+    """A person's step number: "2/5" for the second of five steps (the stored index counts from 0), "-"
+    when no step is in force (-1: before the first step, or after the rollout ended)."""
     if step < 0:
-        return f"-/{steps}" if steps else "-"
+        return "-"
     return f"{step + 1}/{steps}" if steps else str(step + 1)
 
 

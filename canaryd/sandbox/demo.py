@@ -44,20 +44,13 @@ POLICY = textwrap.dedent(f"""\
       interval: 8s
       progressDeadline: 30s
       analysis:
-        mode: threshold
+        mode: sequential          # the default judge: canary vs stable, evidence over the rollout
         every: 2s
         warmup: 1s
-        minRequests: 15
-        failureLimit: 2
+        minRequests: 30
         inconclusiveLimit: 4
         onInconclusive: hold
         maxHold: 40s
-        metrics:
-          - name: error-rate
-            max: 0.05
-          - name: latency
-            quantile: 0.99
-            maxMs: 300
     """)
 
 
@@ -71,6 +64,15 @@ WIDTHS = (12, 13, 10, 5, 7, 21, 21, 9, 9, 8, 0)
 
 def format_row(cells: tuple[str, ...]) -> str:
     return "  " + "  ".join(c.ljust(w) for c, w in zip(cells, WIDTHS, strict=True)).rstrip()
+
+
+def failed_checks(st: RolloutState) -> str:
+    """The checks that failed the rollout's last failed analysis, with their evidence ("" if none failed)."""
+    failed = [a for a in st.status.analyses if a.verdict.outcome == "fail"]
+    if not failed:
+        return ""
+    metrics = [m for m in failed[-1].verdict.metrics if m.outcome == "fail"]
+    return "; ".join(f"{m.name}: {m.reason[:120]}" for m in metrics)
 
 
 class Story:
@@ -139,7 +141,8 @@ def run_demo(keep_dir: Path | None = None, kserve_crd: Path | None = None, out: 
                 out(f"pushed {version} ({what}) as commit {commit[:8]}")
                 st = story.wait_for(commit, {Phase.SUCCEEDED, Phase.FAILED}, 90)
                 ok = st.status.phase == expect
-                results.append((version, str(st.status.phase), st.status.message))
+                checks = failed_checks(st)
+                results.append((version, str(st.status.phase), checks or "-"))
                 out(f"  -> {version}: {st.status.phase} ({'as expected' if ok else 'UNEXPECTED'}): "
                     f"{st.status.message}")
         except (TimeoutError, RuntimeError) as exc:
@@ -150,8 +153,9 @@ def run_demo(keep_dir: Path | None = None, kserve_crd: Path | None = None, out: 
             daemon.terminate()
     out("")
     out("summary:")
-    for version, phase, message in results:
-        out(f"  {version}: {phase}: {message}")
+    out(f"  {'VERSION':<8} {'OUTCOME':<10} FAILED CHECK")
+    for version, phase, check in results:
+        out(f"  {version:<8} {phase:<10} {check}")
     good = [r[1] for r in results] == ["Succeeded", "Failed", "Failed"]
     out(f"demo {'finished' if good else 'FAILED'} in {time.monotonic() - started:.0f}s")
     return 0 if good else 1

@@ -97,7 +97,7 @@ def test_a_rollout_reads_with_human_step_numbers(store: StateStore, rollouts: Cl
     assert r.key == f"{NS}/steps" and r.is_commit("1a2b3c") and not r.is_commit("ffff")
     assert not r.done and not r.succeeded
     history = rollouts.history("steps", NS)
-    assert [(h.reason, h.step_label) for h in history] == [("NewSpec", "-/5"), ("CanaryReady", "1/5"),
+    assert [(h.reason, h.step_label) for h in history] == [("NewSpec", "-"), ("CanaryReady", "1/5"),
                                                            ("StepUp", "2/5")]
     assert any(x.key == f"{NS}/steps" for x in rollouts.list(NS))
     with pytest.raises(ClientError, match=f"no ModelRollout {NS}/nothing"):
@@ -221,6 +221,8 @@ def test_status_wait_exit_codes(kubeconfig: Path, store: StateStore) -> None:
     assert code == 0 and json.loads(out)["status"]["phase"] == "Succeeded"
     code, out, _ = cli(kubeconfig, "status", "--wait")
     assert code == 2 and "--wait and --commit need a SERVICE" in out + _
+    code, out, err = cli(kubeconfig, "abort", f"{NS}/ok")  # nothing in flight: the person's error, not the cluster's
+    assert code == 1 and "no canary in flight to abort" in err and len(err.strip().splitlines()) == 1
 
 
 def test_status_table_and_history_json_count_steps_from_one(kubeconfig: Path, store: StateStore) -> None:
