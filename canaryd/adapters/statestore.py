@@ -94,7 +94,10 @@ class StateStore:
                            lambda: self._api.create_namespaced_custom_object(
                                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self._timeout),
                            self.retry)
-            state = state.model_copy(update={"resource_version": _resource_version(_as_object(created))})
+            obj = _as_object(created)
+            generation = (obj.get("metadata") or {}).get("generation")
+            state = state.model_copy(update={"resource_version": _resource_version(obj),
+                                            "generation": generation if isinstance(generation, int) else None})
         return self._write_status(state)
 
     def _write_status(self, state: RolloutState) -> RolloutState:
@@ -104,7 +107,11 @@ class StateStore:
                        lambda: self._api.replace_namespaced_custom_object_status(
                            GROUP, VERSION, t.namespace, PLURAL, t.name, body, _request_timeout=self._timeout),
                        self.retry)
-        return state.model_copy(update={"resource_version": _resource_version(_as_object(written))})
+        obj = _as_object(written)
+        generation = (obj.get("metadata") or {}).get("generation", state.generation)
+        return state.model_copy(update={"resource_version": _resource_version(obj),
+                                        "generation": generation if isinstance(generation, int) else None,
+                                        "observed_generation": state.generation})
 
     def report_refusal(self, namespace: str, name: str, message: str) -> None:
         """Put why a stored state is refused into its status message (nothing else of it is touched)."""

@@ -161,7 +161,7 @@ class Controller:
             self._check_writes(target, new, decision.actions)
         except UntrustedState as exc:
             return self._refuse(target, str(exc), now)
-        changed = new != state and not _rescheduled_only(state, new)
+        changed = (new != state and not _rescheduled_only(state, new)) or new.generation_unobserved
         if changed:
             new = self.a.store.save(new)
         self._hold_point(target, decision.actions)

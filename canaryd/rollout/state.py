@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,6 +102,45 @@ class TargetRef(_Frozen):
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+class Condition(_Frozen):
+    """A Kubernetes-style condition (status.conditions), so `kubectl wait --for=condition=Healthy` and an
+    Argo CD health check can gate on a rollout without knowing canaryd's phases."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: datetime = Field(alias="lastTransitionTime")
+
+
+#: The condition types canaryd keeps, and what each says.
+#: Healthy: Git's spec serves all traffic (True: promoted or adopted; False: rolled back, aborted or failed;
+#:   Unknown: a canary is in flight).
+#: Progressing: a rollout is in flight (True), or ended (False, reason = how).
+#: Paused: an operator paused the rollouts of this service.
+CONDITION_TYPES = ("Healthy", "Progressing", "Paused")
+
+
+def conditions_for(phase: Phase, reason: str, message: str, previous: list[Condition],
+                   now: datetime) -> list[Condition]:
+    """The conditions after entering `phase`; a condition's lastTransitionTime moves only when its status
+    changes (the Kubernetes convention), reason and message follow every transition."""
+    in_flight = phase in ACTIVE
+    healthy: Literal["True", "False", "Unknown"] = (
+        "Unknown" if in_flight else "True" if phase in (Phase.SUCCEEDED, Phase.IDLE) else "False")
+    wanted: dict[str, Literal["True", "False", "Unknown"]] = {
+        "Healthy": healthy, "Progressing": "True" if in_flight else "False",
+        "Paused": "True" if phase == Phase.PAUSED else "False"}
+    before = {c.type: c for c in previous}
+    out: list[Condition] = []
+    for kind in CONDITION_TYPES:
+        old = before.get(kind)
+        since = old.last_transition_time if old is not None and old.status == wanted[kind] else now
+        out.append(Condition(type=kind, status=wanted[kind], reason=reason or str(phase), message=message,
+                             last_transition_time=since))
+    return out
 
 
 class AnalysisRecord(_Frozen):
@@ -204,6 +243,7 @@ class RolloutStatus(_Frozen):
     last_verdict: str | None = Field(default=None, alias="lastVerdict")
     analyses: list[AnalysisRecord] = Field(default_factory=list)
     history: list[HistoryRecord] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
 
 
 class UntrustedState(ValueError):
@@ -217,6 +257,11 @@ class RolloutState(_Frozen):
     spec: RolloutSpec
     status: RolloutStatus = Field(default_factory=RolloutStatus)
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+    #: metadata.generation of the ModelRollout this state was read from (its spec: operator requests);
+    #: saved as status.observedGeneration, so a person sees whether canaryd has seen their request.
+    generation: int | None = None
+    #: The generation the stored status says canaryd had seen (status.observedGeneration when read).
+    observed_generation: int | None = None
 
     @property
     def attempt_id(self) -> str:
@@ -248,14 +293,17 @@ class RolloutState(_Frozen):
         )
         history = [*self.status.history, record][-MAX_HISTORY:]
         since = now if phase != current else self.status.phase_since
-        return updated.evolve(phase=phase, phase_since=since, message=message or reason, history=history)
+        conditions = conditions_for(phase, reason, message or reason, self.status.conditions, now)
+        return updated.evolve(phase=phase, phase_since=since, message=message or reason, history=history,
+                              conditions=conditions)
 
     def reset(self, *, now: datetime, reason: str, message: str) -> RolloutState:
         """Back to Idle from any phase: the one escape from the table, for when the service itself vanished."""
         record = HistoryRecord(at=now, phase=Phase.IDLE, from_phase=self.status.phase, reason=reason,
                                message=message, commit=self.spec.commit, component=self.spec.component)
         return self.evolve(phase=Phase.IDLE, phase_since=now, message=message, step=-1, weight=0,
-                           canary_revision=None, history=[*self.status.history, record][-MAX_HISTORY:])
+                           canary_revision=None, history=[*self.status.history, record][-MAX_HISTORY:],
+                           conditions=conditions_for(Phase.IDLE, reason, message, self.status.conditions, now))
 
     def with_analysis(self, record: AnalysisRecord) -> RolloutState:
         analyses = [*self.status.analyses, record][-MAX_ANALYSES:]
@@ -274,6 +322,11 @@ class RolloutState(_Frozen):
         status = json.loads(self.status.model_dump_json(by_alias=True, exclude_none=True))
         control = spec.pop("control", {})
         spec.pop("target", None)
+        if self.generation is not None:
+            status["observedGeneration"] = self.generation
+            for c in status.get("conditions", []):
+                c["observedGeneration"] = self.generation
+        status.update(_display(self))
         body: dict[str, Any] = {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": KIND,
@@ -308,6 +361,11 @@ class RolloutState(_Frozen):
         if version != STATE_VERSION:
             raise UntrustedState(f"status.stateVersion is {version!r}, this canaryd reads {STATE_VERSION}"
                                  " (a newer canaryd wrote it, or it predates the status subresource)")
+        observed = raw_status.pop("observedGeneration", None)
+        for key in _DISPLAY_KEYS:
+            raw_status.pop(key, None)
+        raw_status["conditions"] = [{k: v for k, v in c.items() if k != "observedGeneration"}
+                                    for c in raw_status.get("conditions") or [] if isinstance(c, dict)]
         target_kind = raw_status.pop("target", None) or {}
         spec_fields = {k: raw_status.pop(k) for k in list(raw_status) if k in _SPEC_KEYS}
         try:
@@ -316,9 +374,18 @@ class RolloutState(_Frozen):
             status = RolloutStatus.model_validate(raw_status)
         except ValueError as exc:
             raise UntrustedState(f"the ModelRollout's status cannot be read: {_first_line(exc)}") from None
-        state = cls(spec=spec, status=status, resource_version=rv)
+        generation = meta.get("generation")
+        state = cls(spec=spec, status=status, resource_version=rv,
+                    generation=generation if isinstance(generation, int) else None,
+                    observed_generation=observed if isinstance(observed, int) else None)
         state.check_identity()
         return state
+
+    @property
+    def generation_unobserved(self) -> bool:
+        """The object's spec (an operator request) changed since the stored status was written: the status
+        must be saved again, even if nothing else changed, so observedGeneration says it was seen."""
+        return self.generation is not None and self.observed_generation != self.generation
 
     def check_identity(self) -> None:
         """What canaryd will write names its own target: the manifests it re-applies (drift correction,
@@ -373,3 +440,20 @@ def legacy_state(obj: dict[str, Any]) -> RolloutState | None:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return " ".join(text[:3])[:300] if text else type(exc).__name__
+
+
+#: Status fields written for people and `kubectl get` (printer columns), derived at save time, not read back.
+_DISPLAY_KEYS = ("shortCommit", "stepLabel")
+
+
+def _display(state: RolloutState) -> dict[str, str]:
+    """`kubectl get modelrollouts` columns that JSONPath cannot compute: the commit's first 8 characters
+    and the step as a person counts it ("2/5"; "-" when no step is in force)."""
+    steps = state.spec.policy.get("steps")
+    n = len(steps) if isinstance(steps, list) else 0
+    step = state.status.step
+    label = "-" if step < 0 else (f"{step + 1}/{n}" if n else str(step + 1))
+    out = {"stepLabel": label}
+    if state.spec.commit:
+        out["shortCommit"] = state.spec.commit[:8]
+    return out

@@ -118,7 +118,9 @@ def test_realistic_state_round_trips_without_pruning(store: StateStore) -> None:
     loaded = store.load(NS, "iris")
     assert loaded is not None
     assert loaded.resource_version == saved.resource_version
-    assert without_rv(loaded) == without_rv(state)  # every field came back: nothing was pruned
+    assert loaded.generation == 1 and loaded.observed_generation == 1  # status.observedGeneration
+    unversioned = loaded.model_copy(update={"generation": None, "observed_generation": None})
+    assert without_rv(unversioned) == without_rv(state)  # every field came back: nothing was pruned
     assert loaded.status.analyses[2].verdict.metrics[0].baseline == 0.001
     assert loaded.status.history[-1].from_phase is Phase.INITIALIZING
 
@@ -214,7 +216,9 @@ def test_crd_schema_has_exactly_the_models_fields(model: type[BaseModel], path: 
         node = node["items"] if key == "items" else node["properties"][key]
     want = aliases(model)
     if model is RolloutStatus:  # what is rolled out lives in status too, beside the progress
-        want |= (aliases(RolloutSpec) - {"control"}) | {"stateVersion"}
+        # ...and what is written for people and kubectl (observedGeneration, printer-column fields)
+        want |= (aliases(RolloutSpec) - {"control"}) | {"stateVersion", "observedGeneration", "shortCommit",
+                                                        "stepLabel"}
     assert set(node["properties"]) == want
 
 
@@ -238,9 +242,14 @@ def test_crd_identity_and_printer_columns() -> None:
     assert phases == [p.value for p in Phase]
     body = realistic("cols").for_storage()
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
-    assert list(columns) == ["Phase", "Weight", "Canary", "Stable", "Commit", "Age"]
+    assert list(columns) == ["Phase", "Component", "Step", "Weight", "Canary", "Stable", "Commit", "Healthy",
+                             "Message", "Age"]
+    assert body["status"]["stepLabel"] == "1/3" and body["status"]["shortCommit"] == "0123abcd"
     for name, json_path in columns.items():
         if name == "Age":
+            continue
+        if name == "Healthy":
+            assert any(c["type"] == "Healthy" for c in body["status"]["conditions"])
             continue
         section, key = json_path.lstrip(".").split(".")
         assert key in body[section], f"{name} column points at missing {json_path}"
@@ -282,7 +291,9 @@ def test_a_state_written_by_canaryd_0_1_is_migrated_not_misread(store: StateStor
     assert set(raw["spec"]) == {"control"}, "the 0.1 fields were not removed from spec"
     assert raw["metadata"]["labels"] == {"team": "a"}
     again = store.load(NS, "legacy")
-    assert again == loaded.model_copy(update={"resource_version": raw["metadata"]["resourceVersion"]})
+    assert again is not None
+    assert again.model_copy(update={"observed_generation": None}) == loaded.model_copy(update={
+        "resource_version": raw["metadata"]["resourceVersion"], "generation": again.generation})
 
 
 def test_a_0_1_state_naming_another_namespace_is_refused_not_migrated(store: StateStore,
@@ -336,3 +347,47 @@ def test_a_save_writes_status_only_and_keeps_others_metadata(store: StateStore,
     meta = co.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "shared")["metadata"]
     assert meta["labels"]["argocd.argoproj.io/instance"] == "app" and meta["annotations"] == {"note": "x"}
     assert saved.resource_version
+
+
+# -- issue 15: conditions and observedGeneration, as Kubernetes tools read them ----------------------------
+
+
+def conditions_of(api_client: client.ApiClient, name: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    raw = client.CustomObjectsApi(api_client).get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+    return {c["type"]: c for c in raw["status"]["conditions"]}, raw
+
+
+def test_conditions_follow_the_phase_and_keep_their_transition_times(store: StateStore,
+                                                                      api_client: client.ApiClient) -> None:
+    state = store.save(realistic("cond"))
+    conds, raw = conditions_of(api_client, "cond")
+    assert {k: c["status"] for k, c in conds.items()} == {"Healthy": "Unknown", "Progressing": "True",
+                                                         "Paused": "False"}
+    assert all(c["observedGeneration"] == raw["metadata"]["generation"] for c in conds.values())
+    assert raw["status"]["observedGeneration"] == raw["metadata"]["generation"]
+    assert conds["Progressing"]["reason"] == "CanaryReady"
+    later = T0 + timedelta(minutes=5)
+    done = state.transition(Phase.PROMOTING, now=later, reason="Promoting").transition(
+        Phase.SUCCEEDED, now=later, reason="Promoted", message="iris-predictor-00002 serves 100%")
+    store.save(done)
+    conds2, _ = conditions_of(api_client, "cond")
+    assert conds2["Healthy"]["status"] == "True" and conds2["Healthy"]["reason"] == "Promoted"
+    assert conds2["Healthy"]["message"] == "iris-predictor-00002 serves 100%"
+    assert conds2["Progressing"]["status"] == "False"
+    # a status that did not change keeps its time; one that changed has the transition's
+    assert conds2["Paused"]["lastTransitionTime"] == conds["Paused"]["lastTransitionTime"]
+    assert conds2["Healthy"]["lastTransitionTime"].startswith("2024-05-01T12:05:00")
+
+
+def test_an_operator_request_is_observed_in_observed_generation(store: StateStore,
+                                                                api_client: client.ApiClient) -> None:
+    store.save(realistic("obs"))
+    co = client.CustomObjectsApi(api_client)
+    co.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "obs", {"spec": {"control": {"paused": True}}})
+    loaded = store.load(NS, "obs")
+    assert loaded is not None and loaded.generation == 2 and loaded.observed_generation == 1
+    assert loaded.generation_unobserved, "the daemon saves the status even if nothing else changed"
+    saved = store.save(loaded)
+    assert not saved.generation_unobserved
+    _, raw = conditions_of(api_client, "obs")
+    assert raw["status"]["observedGeneration"] == raw["metadata"]["generation"] == 2

@@ -55,6 +55,11 @@ def test_pause_survives_a_restart_and_resume_continues(env: Env) -> None:
     assert out.returncode == 0, out.stderr
     st = env.wait_phase("paused", {Phase.PAUSED}, c2, timeout=15)
     held = st.status.weight
+    # as Kubernetes tools see it: the request's generation observed, and the Paused condition set
+    wait_until(lambda: (s := env.state("paused")) is not None and not s.generation_unobserved, 10,
+               "observedGeneration catches up with the pause request")
+    paused = {c.type: c.status for c in (env.state("paused") or st).status.conditions}
+    assert paused == {"Healthy": "Unknown", "Progressing": "True", "Paused": "True"}
     assert env.daemon is not None
     env.daemon.kill()
     env.start_daemon()
