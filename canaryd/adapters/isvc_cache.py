@@ -392,10 +392,13 @@ class InferenceServiceCache:
         if self._stop.is_set():
             return
         with self._lock:
+            # One step under the lock: a reader that sees the error counted never gets the stale answer
+            # (a fresh-clone CI run caught the cache answering in between, counted but not yet unsynced).
+            scope.synced = False
             self.stats.errors += 1
             first = not scope.failing
             scope.failing = True
-        self._set(scope, synced=False)
+            self._changed.notify_all()
         (log.warning if first else log.debug)(
             "InferenceService list/watch failed; reads fall back to GET until it lists again",
             extra={"api": scope.api_version, "namespace": scope.namespace, "error": why[:300]})
