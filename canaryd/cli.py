@@ -165,6 +165,7 @@ def status(kubeconfig: str | None, context: str | None, service: str | None, nam
     Without SERVICE every service (in -n NAMESPACE); with SERVICE (NAME or NAMESPACE/NAME) that one.
     `--wait` is for deploy pipelines: it follows the rollout and exits with its outcome.
     """
+    import re
     import time
 
     from canaryd.status import render_table
@@ -173,6 +174,9 @@ def status(kubeconfig: str | None, context: str | None, service: str | None, nam
         raise click.UsageError("--wait and --commit need a SERVICE")
     if commit and not wait:
         raise click.UsageError("--commit goes with --wait")
+    if commit is not None and not re.fullmatch(r"[0-9a-fA-F]{4,64}", commit):
+        raise click.BadParameter(f"{commit[:80]!r} is not a commit SHA or a prefix of at least 4 hex digits",
+                                 param_hint="--commit")
     timeout_s = _parse_timeout(timeout)
     with _cluster(kubeconfig, context) as rollouts:
         if wait and service is not None:

@@ -221,6 +221,8 @@ def test_status_wait_exit_codes(kubeconfig: Path, store: StateStore) -> None:
     assert code == 0 and json.loads(out)["status"]["phase"] == "Succeeded"
     code, out, _ = cli(kubeconfig, "status", "--wait")
     assert code == 2 and "--wait and --commit need a SERVICE" in out + _
+    code, out, err = cli(kubeconfig, "status", f"{NS}/ok", "--wait", "--commit", "abc")  # would never match
+    assert code == 2 and "prefix of at least 4 hex digits" in out + err
     code, out, err = cli(kubeconfig, "abort", f"{NS}/ok")  # nothing in flight: the person's error, not the cluster's
     assert code == 1 and "no canary in flight to abort" in err and len(err.strip().splitlines()) == 1
 
