@@ -32,8 +32,7 @@ from kubernetes import client as k8s
 from canaryd.adapters.kube import RetryPolicy, discover_api_client
 from canaryd.adapters.statestore import StateStore
 from canaryd.operator import OperatorError, Request, request
-from canaryd.rollout.state import TERMINAL, HistoryRecord, Phase, RolloutState
-from canaryd.status import step_label, steps_of
+from canaryd.rollout.state import TERMINAL, HistoryRecord, Phase, RolloutState, step_label, steps_of
 
 __all__ = ["Client", "ClientError", "HistoryEntry", "Rollout", "RolloutFailed", "WaitTimeout"]
 

@@ -4,21 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from canaryd.rollout.state import RolloutState
-
-
-def step_label(step: int, steps: int) -> str:
-    """A person's step number: "2/5" for the second of five steps (the stored index counts from 0), "-"
-    when no step is in force (-1: before the first step, or after the rollout ended)."""
-    if step < 0:
-        return "-"
-    return f"{step + 1}/{steps}" if steps else str(step + 1)
-
-
-def steps_of(state: RolloutState) -> int:
-    """How many steps the rollout's policy has (0 if it does not say)."""
-    steps = state.spec.policy.get("steps")
-    return len(steps) if isinstance(steps, list) else 0
+from canaryd.rollout.state import RolloutState, step_label, steps_of
 
 COLUMNS = ("SERVICE", "PHASE", "COMPONENT", "STEP", "WEIGHT", "STABLE", "CANARY", "COMMIT", "ERR-RATE", "P99(ms)",
            "LAST VERDICT")

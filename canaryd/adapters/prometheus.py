@@ -389,8 +389,7 @@ class PrometheusSource:
                 failed = req_error or bucket_error
             stale = None
             if req is not None and buckets is not None and not req and not buckets and _has_series(prev):
-                stale = (f"no sample of {revision}'s counters newer than {self.max_sample_age_s:g}s at "
-                         f"{_clock(run.at)} (Prometheus behind or stalled, or its scrapes failing)")
+                stale = self._no_fresh_sample(revision, "counters", run.at)
                 req = buckets = None
             if prev is None:
                 # Without a starting point nothing can be counted yet: keep this reading as the start.
@@ -563,8 +562,12 @@ class PrometheusSource:
         newest, _ = self._query(run, f"max(timestamp({selector}))")
         if newest is None or run.at - newest <= self.max_sample_age_s:
             return None
-        return (f"no sample of {revision}'s requests newer than {self.max_sample_age_s:g}s at {_clock(run.at)} "
-                f"(newest {run.at - newest:.0f}s old: Prometheus behind or stalled, or its scrapes failing)")
+        return self._no_fresh_sample(revision, "requests", run.at, f"newest {run.at - newest:.0f}s old: ")
+
+    def _no_fresh_sample(self, revision: str, what: str, at: float, detail: str = "") -> str:
+        """The no-data reason of a revision without a sample newer than `max_sample_age_s`."""
+        return (f"no sample of {revision}'s {what} newer than {self.max_sample_age_s:g}s at {_clock(at)} "
+                f"({detail}Prometheus behind or stalled, or its scrapes failing)")
 
     def _query(self, run: _Read, promql: str) -> tuple[float | None, str | None]:
         result, error = self._fetch(run, promql)

@@ -95,9 +95,8 @@ class StateStore:
                                GROUP, VERSION, namespace, PLURAL, body, _request_timeout=self._timeout),
                            self.retry)
             obj = _as_object(created)
-            generation = (obj.get("metadata") or {}).get("generation")
             state = state.model_copy(update={"resource_version": _resource_version(obj),
-                                            "generation": generation if isinstance(generation, int) else None})
+                                            "generation": _generation(obj)})
         return self._write_status(state)
 
     def _write_status(self, state: RolloutState) -> RolloutState:
@@ -108,9 +107,8 @@ class StateStore:
                            GROUP, VERSION, t.namespace, PLURAL, t.name, body, _request_timeout=self._timeout),
                        self.retry)
         obj = _as_object(written)
-        generation = (obj.get("metadata") or {}).get("generation", state.generation)
         return state.model_copy(update={"resource_version": _resource_version(obj),
-                                        "generation": generation if isinstance(generation, int) else None,
+                                        "generation": _generation(obj) or state.generation,
                                         "observed_generation": state.generation})
 
     def report_refusal(self, namespace: str, name: str, message: str) -> None:
@@ -168,3 +166,8 @@ def _resource_version(obj: dict[str, Any]) -> str:
     if not rv:
         raise KubeError("the API server answered without metadata.resourceVersion")
     return str(rv)
+
+
+def _generation(obj: dict[str, Any]) -> int | None:
+    generation = (obj.get("metadata") or {}).get("generation")
+    return generation if isinstance(generation, int) else None

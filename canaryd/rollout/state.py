@@ -446,14 +446,24 @@ def _first_line(exc: Exception) -> str:
 _DISPLAY_KEYS = ("shortCommit", "stepLabel")
 
 
+def step_label(step: int, steps: int) -> str:
+    """A person's step number: "2/5" for the second of five steps (the stored index counts from 0), "-"
+    when no step is in force (-1: before the first step, or after the rollout ended)."""
+    if step < 0:
+        return "-"
+    return f"{step + 1}/{steps}" if steps else str(step + 1)
+
+
+def steps_of(state: RolloutState) -> int:
+    """How many steps the rollout's policy has (0 if it does not say)."""
+    steps = state.spec.policy.get("steps")
+    return len(steps) if isinstance(steps, list) else 0
+
+
 def _display(state: RolloutState) -> dict[str, str]:
     """`kubectl get modelrollouts` columns that JSONPath cannot compute: the commit's first 8 characters
-    and the step as a person counts it ("2/5"; "-" when no step is in force)."""
-    steps = state.spec.policy.get("steps")
-    n = len(steps) if isinstance(steps, list) else 0
-    step = state.status.step
-    label = "-" if step < 0 else (f"{step + 1}/{n}" if n else str(step + 1))
-    out = {"stepLabel": label}
+    and the step as a person counts it (`step_label`)."""
+    out = {"stepLabel": step_label(state.status.step, steps_of(state))}
     if state.spec.commit:
         out["shortCommit"] = state.spec.commit[:8]
     return out
